@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "load_model", "load_tokenizer"]
+__all__ = ["DTYPES", "load_model", "load_tokenizer", "save_random_model"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -55,3 +55,23 @@ def load_model(
         if merge_adapter:
             model = model.merge_and_unload()
     return model.to(device)
+
+
+def save_random_model(
+    reference_dir: str | Path, out_dir: str | Path, *, seed: int = 0, **config_overrides
+) -> Path:
+    """Save a randomly initialised model built from ``reference_dir``'s config, with its tokenizer.
+
+    For tests, benchmarks and the demo: e.g. ``save_random_model(gpt2_dir, out, n_layer=2,
+    n_embd=64, n_head=4)`` gives a tiny GPT-2 with the real GPT-2 tokenizer. Returns ``out_dir``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    reference_dir = _check_dir(reference_dir, "reference model directory")
+    config = AutoConfig.from_pretrained(reference_dir, **config_overrides)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    load_tokenizer(reference_dir).save_pretrained(out_dir)
+    return out_dir

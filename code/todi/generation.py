@@ -1,0 +1,195 @@
+"""Batched sampling for evaluation, reproducible per example.
+
+A sampled answer depends only on (model, prompt, seed, example index): not on the batch size, the
+batch it lands in, the number of ranks, or the device. This is done with Gumbel-max sampling whose
+noise comes from a counter-based hash of (seed, example index, step, vocabulary index) rather than
+from a stateful RNG shared by the batch: ``argmax(log_softmax(warped logits) + Gumbel)`` is an exact
+sample from the warped distribution, and every row draws its own noise.
+
+Official semantics are kept where they matter for the numbers: each example may generate up to
+``max_length − max_prompt_length`` new tokens (the official code left-pads every prompt to
+``max_prompt_length`` and generates up to ``max_length`` in total), generation stops at EOS, and the
+default sampling is top_k 0, top_p 1.0, temperature 1.0. Prompts are batched by length (shortest
+padding) and results come back in dataset order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["SamplingConfig", "generate", "gumbel_noise"]
+
+_MASK32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How answers are sampled; the same object drives dev evaluation and test evaluation."""
+
+    do_sample: bool = True
+    top_k: int = 0
+    top_p: float = 1.0
+    temperature: float = 1.0
+    # MiniLLM/DSKD/ToDi evaluate the test sets with no_repeat_ngram_size 6 (their dev evaluation
+    # silently used 0); here one explicit value applies to both.
+    no_repeat_ngram_size: int = 6
+    max_length: int = 512
+    max_prompt_length: int = 256
+
+    def __post_init__(self):
+        if self.max_prompt_length <= 0 or self.max_length <= self.max_prompt_length:
+            raise ValueError(
+                f"need 0 < max_prompt_length < max_length, got {self.max_prompt_length} and {self.max_length}"
+            )
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.no_repeat_ngram_size < 0:
+            raise ValueError(f"invalid sampling settings: {asdict(self)}")
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_length - self.max_prompt_length
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors, overflow-free (products < 2^63)."""
+    x = x & _MASK32
+    x = ((x ^ (x >> 16)) * 0x21F0AAAD) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x735A2D97) & _MASK32
+    return x ^ (x >> 15)
+
+
+def gumbel_noise(seed: int, example_ids: Tensor, step: int, vocab_size: int) -> Tensor:
+    """Standard Gumbel noise ``[len(example_ids), vocab_size]`` (float32), a pure function of its inputs."""
+    device = example_ids.device
+    key = _mix32(torch.full_like(example_ids, seed & _MASK32) ^ _mix32(example_ids.to(torch.int64) + 0x9E3779B9))
+    key = _mix32(key ^ _mix32(torch.full_like(key, step) + 0x85EBCA6B))
+    vocab = torch.arange(vocab_size, device=device, dtype=torch.int64)
+    bits = _mix32(_mix32(key.unsqueeze(1) ^ vocab.unsqueeze(0)) + 0x632BE5AB)
+    uniform = (bits.to(torch.float64) + 0.5) / 4294967296.0  # in (0, 1)
+    return (-torch.log(-torch.log(uniform))).to(torch.float32)
+
+
+class _GumbelSampler:
+    """Logits processor: adds per-example Gumbel noise so that greedy decoding samples."""
+
+    def __init__(self, seed: int, example_ids: Tensor, prompt_width: int):
+        self.seed = seed
+        self.example_ids = example_ids
+        self.prompt_width = prompt_width
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        step = input_ids.shape[1] - self.prompt_width
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        noise = gumbel_noise(self.seed, self.example_ids.to(scores.device), step, scores.shape[-1])
+        return logp + noise  # -inf entries (filtered by top-k/top-p) stay -inf
+
+
+def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_width: int):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    procs = LogitsProcessorList()
+    if not config.do_sample:
+        return procs
+    if config.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(config.temperature))
+    if config.top_k > 0:
+        procs.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        procs.append(TopPLogitsWarper(config.top_p))
+    procs.append(_GumbelSampler(seed, example_ids, prompt_width))
+    return procs
+
+
+def _encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
+    """Token ids of each prompt, keeping its last ``max_prompt_length`` tokens (the question end)."""
+    encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    return [ids[-max_prompt_length:] for ids in encoded]
+
+
+def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        ids[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
+        mask[i, width - len(x):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    config: SamplingConfig = SamplingConfig(),
+    *,
+    seed: int,
+    batch_size: int = 32,
+    rank: int = 0,
+    world_size: int = 1,
+    synced_gpus: bool = False,
+    progress: bool = False,
+) -> list[str]:
+    """Answers to ``prompts`` (decoded, without the prompt and special tokens), in the same order.
+
+    With ``world_size > 1`` every rank passes the same prompts, generates a share of them and all
+    ranks return the full list (``torch.distributed`` must be initialised). ``synced_gpus`` keeps
+    ranks in lock-step for ZeRO-3, where every forward needs every rank.
+    """
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    encoded = _encode_prompts(tokenizer, prompts, config.max_prompt_length)
+    # Longest first: similar lengths share a batch (little padding) and memory peaks early.
+    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    mine = order[rank::world_size]
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if synced_gpus and world_size > 1:
+        # every rank must run the same number of generate() calls
+        most = -(-len(order[0::world_size]) // batch_size)
+        batches += [[]] * (most - len(batches))
+
+    gen_config = GenerationConfig(
+        do_sample=False,  # sampling is done by the Gumbel processor, reproducibly
+        max_new_tokens=config.max_new_tokens,
+        no_repeat_ngram_size=config.no_repeat_ngram_size or None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    was_training = model.training
+    model.eval()
+    results: dict[int, str] = {}
+    iterator = batches
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(batches, desc="generating", unit="batch", disable=rank != 0)
+    for batch in iterator:
+        dummy = not batch
+        batch = batch or [order[0]]
+        ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        example_ids = torch.tensor(batch, dtype=torch.int64, device=device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=gen_config,
+            logits_processor=_processors(config, seed, example_ids, ids.shape[1]),
+            synced_gpus=synced_gpus,
+        )
+        if dummy:
+            continue
+        texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        results.update(zip(batch, texts))
+    if was_training:
+        model.train()
+
+    if world_size > 1:
+        import torch.distributed as dist
+
+        gathered: list[dict[int, str]] = [{} for _ in range(world_size)]
+        dist.all_gather_object(gathered, results)
+        for part in gathered:
+            results.update(part)
+    return [results[i] for i in range(len(prompts))]

@@ -250,15 +250,30 @@ def summarize(results: Sequence[SeedResult], root: str | Path | None = None, met
     ordered = [rows[k] for k in sorted(rows)]
     for row in ordered:
         row.label = method_name(row.checkpoint) or where(row.checkpoint)
-    counts: dict[str, int] = {}
+    groups: dict[str, list[Row]] = {}
     for row in ordered:
-        counts[row.label] = counts.get(row.label, 0) + 1
-    for row in ordered:
-        if counts[row.label] > 1 and row.label != where(row.checkpoint):
-            row.label = f"{row.label} ({where(row.checkpoint)})"
+        groups.setdefault(row.label, []).append(row)
+    for label, group in groups.items():
+        if len(group) == 1:
+            continue
+        # name each by what tells it apart: the path parts, and run-name fields (lr=..., epoch=...),
+        # that the others of the group do not share
+        tokens = [_path_tokens(where(row.checkpoint)) for row in group]
+        common = set.intersection(*(set(t) for t in tokens))
+        for row, toks in zip(group, tokens):
+            distinct = [t for t in toks if t not in common]
+            row.label = f"{label} ({', '.join(distinct)})" if distinct else where(row.checkpoint)
     present = {s for row in ordered for s in row.seeds}
     columns = [s for s in PAPER_SETS if s in present] + sorted(present - set(PAPER_SETS))
     return ordered, columns
+
+
+def _path_tokens(path: str) -> list[str]:
+    """Path components, with run directory names split into their ``__``-separated fields."""
+    tokens = []
+    for part in path.split("/"):
+        tokens += part.split("__") if part.startswith("criterion=") else [part]
+    return tokens
 
 
 def _title(set_name: str) -> str:
@@ -322,8 +337,7 @@ def plot(rows: Sequence[Row], columns: Sequence[str], path: str | Path, metric: 
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")  # room for the legend on the right
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

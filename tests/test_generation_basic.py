@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-
 import pytest
 import torch
 
@@ -81,14 +79,21 @@ def test_greedy_batched_equals_unpadded_hf_generate(tiny_gpt2, shared_dir):
 
 def test_checkpoint_generation_defaults_do_not_change_the_protocol(tiny_gpt2, shared_dir, tmp_path):
     """A generation_config.json with its own sampling settings is ignored."""
-    other = shutil.copytree(tiny_gpt2, tmp_path / "m")
-    (other / "generation_config.json").write_text(json.dumps(
-        {"repetition_penalty": 3.0, "no_repeat_ngram_size": 1, "do_sample": True, "top_k": 1, "min_new_tokens": 5}))
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    # sharpen the random model's (nearly uniform) next-token distributions so a penalty would show
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(40)
+    model.save_pretrained(tmp_path / "plain")
+    model.generation_config = GenerationConfig(repetition_penalty=50.0, no_repeat_ngram_size=1, do_sample=True,
+                                               top_k=1, min_new_tokens=5)
+    model.save_pretrained(tmp_path / "opinionated")
     prompts = _prompts(shared_dir, 3)
     config = SamplingConfig(max_length=80, max_prompt_length=64)
     tok = load_tokenizer(tiny_gpt2)
-    assert (generate(load_model(other), tok, prompts, config, seed=3, batch_size=3)
-            == generate(load_model(tiny_gpt2), tok, prompts, config, seed=3, batch_size=3))
+    plain = generate(load_model(tmp_path / "plain"), tok, prompts, config, seed=3, batch_size=3)
+    assert generate(load_model(tmp_path / "opinionated"), tok, prompts, config, seed=3, batch_size=3) == plain
 
 
 def test_bad_arguments():

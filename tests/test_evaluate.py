@@ -20,6 +20,15 @@ import evaluate as evaluate_cli  # noqa: E402  (code/evaluate.py)
 LENGTHS = ["--max-length", "72", "--max-prompt-length", "64"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data_dir(shared_dir, tmp_path_factory):
     """Two small sets in the official layout: dolly (string outputs) and sinst/11_ (lists)."""
@@ -147,7 +156,7 @@ def test_lora_adapter_checkpoint_evaluates(tiny_gpt2, lora_adapter, data_dir, tm
 
 def _script_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(GPUS="", MAX_LENGTH="72", MAX_PROMPT_LENGTH="64", **extra)
+    env.update(GPUS="", MAX_LENGTH="72", MAX_PROMPT_LENGTH="64", OMP_NUM_THREADS="1", **extra)
     return env
 
 

@@ -29,8 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: the adapter's adapter_config.json base_model_name_or_path)")
     g.add_argument("--peft", choices=["lora"], help="the adapter type of --peft-path (official flag; LoRA is the only one)")
     g.add_argument("--peft-path", type=Path, help="LoRA adapter directory, merged into the base model for generation")
-    g.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                   help="weights dtype; auto = bf16 on a GPU (as the official bf16 DeepSpeed eval), fp32 on CPU")
+    g.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                   help="weights dtype (default fp32: answers then do not depend on batch size or GPU count; "
+                        "the official evaluation ran bf16, which is faster for large models)")
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", type=Path, nargs="+", required=True,
                    help="one or more set directories, each holding valid.jsonl (prompt, output)")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; prepare it with code/prepare_data.py)")
         model_path = args.model_path or base_model_of_adapter(args.peft_path)
         rank, world_size, device = setup_distributed()
-        dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = DTYPES[args.dtype]
         # the adapter directory's tokenizer if it saved one (it may add tokens), else the model's
         tokenizer_dir = args.peft_path if args.peft_path and (args.peft_path / "tokenizer_config.json").is_file() else model_path
         tokenizer = load_tokenizer(tokenizer_dir)

@@ -18,9 +18,12 @@ official code keeps the first ones and so cuts off the "### Response:" cue; this
 tokenizers other than GPT-2's, whose 256-token limit the data preparation enforces), and the same
 no_repeat_ngram_size is used on dev and test (the official dev evaluation silently used 0).
 
-Exactness: the answer is a pure function of (model, prompt, seed, index) given the logits; batched
-matrix products of different shapes may differ in the last bits, so in bf16/fp16 on a GPU a rare
-near-tie can still resolve differently between batch sizes (in fp32 this practically never happens).
+Exactness: the answer is a pure function of (model, prompt, seed, index) given the logits. Batches of
+other shapes compute the logits with other reduction orders, which in fp32 moves them by ~1e-6 (a
+different answer would need a near-tie that close: practically never), but in bf16/fp16 by up to
+~1e-2, enough to resolve some near-ties differently, after which an answer goes its own (equally
+valid) way. So answers are bitwise independent of batch size and rank count in fp32, and only
+distributionally so in half precision (``scripts/bench/bench_generate.py`` counts the differences).
 """
 
 from __future__ import annotations

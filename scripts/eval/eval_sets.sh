@@ -1,7 +1,7 @@
 # Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): one evaluate.py run per set
 # with every seed (the model is loaded once per set); a set without data is skipped with a message.
 # Needs MODEL_ARGS, BATCH, BASE_PATH, EVAL_DATA_DIR, EVAL_SETS, SEEDS, EVAL_OUT, MAX_LENGTH,
-# MAX_PROMPT_LENGTH, NO_REPEAT_NGRAM_SIZE, GPUS (NPROC optional).
+# MAX_PROMPT_LENGTH, NO_REPEAT_NGRAM_SIZE, DTYPE, GPUS (NPROC optional).
 
 export CUDA_VISIBLE_DEVICES=${GPUS}
 if [[ -z ${GPUS} ]]; then
@@ -28,7 +28,7 @@ for set in ${EVAL_SETS}; do
     torchrun --standalone --nproc_per_node "${NPROC}" "${BASE_PATH}/code/evaluate.py" \
         "${MODEL_ARGS[@]}" \
         --data-dir "${EVAL_DATA_DIR}/${set}" --data-names "${set}" --data-num "${DATA_NUM}" \
-        --seed ${SEEDS} --eval-batch-size "${BATCH}" \
+        --seed ${SEEDS} --eval-batch-size "${BATCH}" --dtype "${DTYPE}" \
         --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
         --do-sample --top-k 0 --top-p 1.0 --temperature 1.0 --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE}" \
         --save-dir "${EVAL_OUT}"

@@ -16,6 +16,7 @@ EVAL_OUT=${EVAL_OUT:-${ADAPTER}/eval}
 MAX_LENGTH=${MAX_LENGTH:-512}               # prompt + answer tokens (official: 512)
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}  # answers get MAX_LENGTH - MAX_PROMPT_LENGTH tokens
 NO_REPEAT_NGRAM_SIZE=${NO_REPEAT_NGRAM_SIZE:-6}
+DTYPE=${DTYPE:-fp32}   # fp32: answers independent of batch size and GPU count; bf16: official, faster
 GPUS=${GPUS-0,1,2,3}   # explicitly empty: CPU
 
 if [[ ! -f ${ADAPTER}/adapter_config.json ]]; then

@@ -103,3 +103,11 @@ def test_bad_result_files_are_named(tmp_path, capsys):
     assert f"{bad}: says set 'vicuna' seed 10" in capsys.readouterr().err
     assert report_cli.main([str(tmp_path / "empty")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_hyperparameter_sweep_is_labelled_by_what_differs(tmp_path):
+    for lr in ("0.0005", "0.001"):
+        run = KD.format(obj="ToDi").replace("lr=0.0005", f"lr={lr}")
+        _write(tmp_path / "gpt2/gpt2-base/vanilla_kd" / run / "epoch20_step100" / "eval", "dolly", 10, 25.0)
+    rows, _ = summarize(collect([tmp_path]), root=tmp_path)
+    assert sorted(r.label for r in rows) == ["ToDi (lr=0.0005)", "ToDi (lr=0.001)"]

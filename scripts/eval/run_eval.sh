@@ -22,5 +22,9 @@ if [[ ! -d ${CKPT} ]]; then
     echo "error: checkpoint directory ${CKPT} not found" >&2
     exit 2
 fi
+if [[ -f ${CKPT}/adapter_config.json && ! -f ${CKPT}/config.json ]]; then
+    echo "error: ${CKPT} is a LoRA adapter; evaluate it with scripts/eval/run_eval_lora.sh" >&2
+    exit 2
+fi
 MODEL_ARGS=(--model-path "${CKPT}")
 source "${BASE_PATH}/scripts/eval/eval_sets.sh"

@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 __all__ = [
-    "PAPER_SETS", "ResultError", "SeedResult", "Row", "atomic_write_text", "check_set_name", "collect",
+    "METRICS", "PAPER_SETS", "ResultError", "SeedResult", "Row", "atomic_write_bytes", "atomic_write_text",
+    "check_set_name", "collect",
     "method_name", "plot", "result_dir", "summarize", "to_csv", "to_markdown", "write_result",
 ]
 

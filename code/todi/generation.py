@@ -6,11 +6,24 @@ noise comes from a counter-based hash of (seed, example index, step, vocabulary 
 from a stateful RNG shared by the batch: ``argmax(log_softmax(warped logits) + Gumbel)`` is an exact
 sample from the warped distribution, and every row draws its own noise.
 
-Official semantics are kept where they matter for the numbers: each example may generate up to
-``max_length − max_prompt_length`` new tokens (the official code left-pads every prompt to
-``max_prompt_length`` and generates up to ``max_length`` in total), generation stops at EOS, and the
-default sampling is top_k 0, top_p 1.0, temperature 1.0. Prompts are batched by length (shortest
+Official semantics are kept where they matter for the numbers: prompts are tokenised without special
+tokens, each example may generate up to ``max_length − max_prompt_length`` new tokens (the official
+code left-pads every prompt to ``max_prompt_length`` and generates up to ``max_length`` in total),
+generation stops at EOS, answers are stripped of surrounding whitespace, and the default sampling is
+top_k 0, top_p 1.0, temperature 1.0 with no_repeat_ngram_size 6. Prompts are batched by length (least
 padding) and results come back in dataset order.
+
+Two deliberate differences: a prompt longer than ``max_prompt_length`` keeps its *last* tokens (the
+official code keeps the first ones and so cuts off the "### Response:" cue; this only happens with
+tokenizers other than GPT-2's, whose 256-token limit the data preparation enforces), and the same
+no_repeat_ngram_size is used on dev and test (the official dev evaluation silently used 0).
+
+Exactness: the answer is a pure function of (model, prompt, seed, index) given the logits. Batches of
+other shapes compute the logits with other reduction orders, which in fp32 moves them by ~1e-6 (a
+different answer would need a near-tie that close: practically never), but in bf16/fp16 by up to
+~1e-2, enough to resolve some near-ties differently, after which an answer goes its own (equally
+valid) way. So answers are bitwise independent of batch size and rank count in fp32, and only
+distributionally so in half precision (``scripts/bench/bench_generate.py`` counts the differences).
 """
 
 from __future__ import annotations
@@ -61,14 +74,19 @@ def _mix32(x: Tensor) -> Tensor:
 
 
 def gumbel_noise(seed: int, example_ids: Tensor, step: int, vocab_size: int) -> Tensor:
-    """Standard Gumbel noise ``[len(example_ids), vocab_size]`` (float32), a pure function of its inputs."""
+    """Standard Gumbel noise ``[len(example_ids), vocab_size]`` (float32), a pure function of its inputs.
+
+    Each row gets a 32-bit key from (seed, example id, step); entry ``v`` of a row is one more hash
+    round of ``key ^ (v · golden ratio)``, whose top 24 bits give a uniform in (0, 1) exactly
+    representable in float32 (one hash round per entry keeps this cheap next to the model on CPU).
+    """
     device = example_ids.device
     key = _mix32(torch.full_like(example_ids, seed & _MASK32) ^ _mix32(example_ids.to(torch.int64) + 0x9E3779B9))
     key = _mix32(key ^ _mix32(torch.full_like(key, step) + 0x85EBCA6B))
-    vocab = torch.arange(vocab_size, device=device, dtype=torch.int64)
-    bits = _mix32(_mix32(key.unsqueeze(1) ^ vocab.unsqueeze(0)) + 0x632BE5AB)
-    uniform = (bits.to(torch.float64) + 0.5) / 4294967296.0  # in (0, 1)
-    return (-torch.log(-torch.log(uniform))).to(torch.float32)
+    weyl = (torch.arange(vocab_size, device=device, dtype=torch.int64) * 0x9E3779B1) & _MASK32
+    bits = _mix32(key.unsqueeze(1) ^ weyl.unsqueeze(0))
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)  # in (0, 1)
+    return -torch.log(-torch.log(uniform))
 
 
 class _GumbelSampler:
@@ -103,8 +121,14 @@ def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_w
 
 
 def _encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
-    """Token ids of each prompt, keeping its last ``max_prompt_length`` tokens (the question end)."""
-    encoded = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    """Token ids of each prompt (no special tokens, as the official code and training data), keeping
+    its last ``max_prompt_length`` tokens (the end with the "### Response:" cue)."""
+    if not prompts:
+        return []
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise ValueError(f"prompt {i} is empty: there is nothing to answer")
     return [ids[-max_prompt_length:] for ids in encoded]
 
 
@@ -140,6 +164,10 @@ def generate(
     """
     from transformers import GenerationConfig
 
+    if batch_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+    if not prompts:
+        return []
     device = next(model.parameters()).device
     encoded = _encode_prompts(tokenizer, prompts, config.max_prompt_length)
     # Longest first: similar lengths share a batch (little padding) and memory peaks early.
@@ -151,10 +179,15 @@ def generate(
         most = -(-len(order[0::world_size]) // batch_size)
         batches += [[]] * (most - len(batches))
 
+    # Every setting generate() would otherwise take from the checkpoint's generation_config.json is
+    # pinned, so a checkpoint's own defaults (e.g. a repetition penalty) cannot change the protocol.
     gen_config = GenerationConfig(
         do_sample=False,  # sampling is done by the Gumbel processor, reproducibly
+        num_beams=1,
         max_new_tokens=config.max_new_tokens,
-        no_repeat_ngram_size=config.no_repeat_ngram_size or None,
+        min_new_tokens=0,
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        repetition_penalty=1.0,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -181,7 +214,7 @@ def generate(
         if dummy:
             continue
         texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        results.update(zip(batch, texts))
+        results.update(zip(batch, (t.strip() for t in texts)))
     if was_training:
         model.train()
 

@@ -1,0 +1,41 @@
+# Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): one evaluate.py run per set
+# with every seed (the model is loaded once per set); a set without data is skipped with a message.
+# Needs MODEL_ARGS, BATCH, BASE_PATH, EVAL_DATA_DIR, EVAL_SETS, SEEDS, EVAL_OUT, MAX_LENGTH,
+# MAX_PROMPT_LENGTH, NO_REPEAT_NGRAM_SIZE, DTYPE, GPUS (NPROC optional).
+
+export CUDA_VISIBLE_DEVICES=${GPUS}
+if [[ -z ${GPUS} ]]; then
+    NPROC=${NPROC:-1}
+else
+    IFS=, read -ra _GPU_LIST <<< "${GPUS}"
+    NPROC=${NPROC:-${#_GPU_LIST[@]}}
+fi
+export TOKENIZERS_PARALLELISM=false
+export PYTHONIOENCODING=utf-8
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}
+
+evaluated=0
+for set in ${EVAL_SETS}; do
+    if [[ ! -f ${EVAL_DATA_DIR}/${set}/valid.jsonl ]]; then
+        echo "skipping ${set}: ${EVAL_DATA_DIR}/${set}/valid.jsonl not found (python code/prepare_data.py --help)"
+        continue
+    fi
+    DATA_NUM=-1
+    if [[ ${set} == uinst/* ]]; then
+        DATA_NUM=10000   # the official protocol scores UnNI's first 10,000 examples
+    fi
+    # shellcheck disable=SC2086  # SEEDS is a list
+    torchrun --standalone --nproc_per_node "${NPROC}" "${BASE_PATH}/code/evaluate.py" \
+        "${MODEL_ARGS[@]}" \
+        --data-dir "${EVAL_DATA_DIR}/${set}" --data-names "${set}" --data-num "${DATA_NUM}" \
+        --seed ${SEEDS} --eval-batch-size "${BATCH}" --dtype "${DTYPE}" \
+        --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
+        --do-sample --top-k 0 --top-p 1.0 --temperature 1.0 --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE}" \
+        --save-dir "${EVAL_OUT}"
+    evaluated=$((evaluated + 1))
+done
+if [[ ${evaluated} -eq 0 ]]; then
+    echo "error: none of the sets (${EVAL_SETS}) has data under ${EVAL_DATA_DIR}" >&2
+    exit 2
+fi
+echo "results in ${EVAL_OUT}; table: python ${BASE_PATH}/code/report.py ${EVAL_OUT}"

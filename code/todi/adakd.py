@@ -297,8 +297,8 @@ class AdaKD:
             rank = torch.empty_like(order).scatter_(0, order, torch.arange(n, device=device))
             k = torch.ceil(self._ratio * flat_mask.sum()).long()  # ⌈r·N⌉, on the device
             selected = (rank < k) & flat_mask
-            # Lower median of the k selected scores: ascending position (k−1)//2 = rank k−1−(k−1)//2.
-            mid = (k - 1 - torch.div(k - 1, 2, rounding_mode="floor")).clamp(0, n - 1)
+            # Lower median of the k selected scores: ascending position (k−1)//2, i.e. rank k//2.
+            mid = torch.div(k, 2, rounding_mode="floor").clamp(0, n - 1)
             median = sorted_scores.gather(0, mid.view(1)).squeeze(0)
             tau = _idts(scores, median, temperature, self.c)
             weight = ((tau / temperature) ** 2 / self._ratio).float()

@@ -59,8 +59,6 @@ def ref_divergence(name, student, teacher, temperature):
     if name == "ToDi":
         alpha = torch.sigmoid(lp - lq)
         return (alpha * p * (lp - lq) + (1 - alpha) * q * (lq - lp)).sum(-1)
-    if name == "cross_entropy":
-        return -(p * lq).sum(-1)
     if name == "hellinger":
         return ((p.sqrt() - q.sqrt()) ** 2).sum(-1).mul(0.5).sqrt()
     raise KeyError(name)
@@ -102,11 +100,27 @@ def test_hellinger_handles_bf16_and_masked_vocabulary_entries():
     torch.testing.assert_close(hellinger(student, teacher), hellinger(student[..., :-1], teacher[..., :-1]))
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "cross_entropy"])
-def test_ablation_difficulties_match_float64(name):
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl"])
+def test_ablation_divergence_difficulties_match_float64(name):
     student, teacher = logits_pair(seed=3)
-    got = difficulty(name, student, teacher, 1.5)
+    got = difficulty(name, student, teacher, 1.5, chunk_rows=5)
     torch.testing.assert_close(got.double(), ref_divergence(name, student, teacher, 1.5), rtol=1e-5, atol=1e-5)
+
+
+def test_cross_entropy_difficulty_is_the_data_token_cross_entropy():
+    student, teacher = logits_pair(seed=3)
+    labels = torch.randint(0, V, student.shape[:-1], generator=torch.Generator().manual_seed(3))
+    labels[1, :4] = -100  # prompt positions: no label
+    got = difficulty("cross_entropy", student, teacher, 1.5, labels=labels, chunk_rows=5)
+    logq = torch.log_softmax(student.double() / 1.5, -1)
+    expected = torch.where(labels >= 0, -logq.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1), 0.0)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    # through the planner: the highest-CE response tokens are kept
+    mask = labels >= 0
+    plan = adakd_with_ratio(0.25, difficulty="cross_entropy").plan(student, teacher, mask, 1.5, labels=labels)
+    assert plan.mask.sum() == math.ceil(0.25 * mask.sum()) and got[plan.mask].min() >= got[mask & ~plan.mask].max()
+    with pytest.raises(ValueError, match="labels=labels"):
+        adakd_with_ratio(0.25, difficulty="cross_entropy").plan(student, teacher, mask, 1.5)
 
 
 def test_difficulty_is_chunked_detached_and_chunk_independent():

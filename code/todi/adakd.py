@@ -63,26 +63,30 @@ _TINY = torch.finfo(torch.float32).tiny
 # Difficulty scores: functions of sanitized log-probabilities (s, t, keep) [rows, V] -> [rows].
 # --------------------------------------------------------------------------------------------
 
-def _hellinger_rows(s: Tensor, t: Tensor, keep: Tensor) -> Tensor:
+def _hellinger_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
     # √p − √q as exp(t/2) − exp(s/2): no square root of tiny probabilities, exact where p or q is 0.
     gap = (0.5 * t).exp() - (0.5 * s).exp()
     return (0.5 * _sum_entries(gap * gap, keep)).sqrt().clamp(max=1.0)
 
 
-def _forward_kl_rows(s: Tensor, t: Tensor, keep: Tensor) -> Tensor:
+def _forward_kl_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
     return _sum_entries(forward_kl_terms(s, t), keep).clamp_min(0.0)
 
 
-def _reverse_kl_rows(s: Tensor, t: Tensor, keep: Tensor) -> Tensor:
+def _reverse_kl_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
     return _sum_entries(reverse_kl_terms(s, t), keep).clamp_min(0.0)
 
 
-def _cross_entropy_rows(s: Tensor, t: Tensor, keep: Tensor) -> Tensor:
-    # H(p, q) = −Σ p log q: the student's cross-entropy on the teacher's soft labels.
-    return _sum_entries(-t.exp() * s, keep).clamp_min(0.0)
+def _cross_entropy_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
+    # −log q(y): the student's cross-entropy on the data token y (the official code's "ce" rule);
+    # 0 where the position has no label (ignore_index).
+    vocab = s.shape[-1]
+    valid = (labels >= 0) & (labels < vocab)
+    picked = s.gather(-1, labels.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
+    return torch.where(valid, -picked, 0.0).clamp_min(0.0)
 
 
-_ROWS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+_ROWS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]] = {
     "hellinger": _hellinger_rows,
     "forward_kl": _forward_kl_rows,
     "reverse_kl": _reverse_kl_rows,
@@ -112,18 +116,26 @@ def difficulty(
     teacher_logits: Tensor,
     temperature: float = 1.0,
     *,
+    labels: Tensor | None = None,
     chunk_rows: int | None = None,
 ) -> Tensor:
     """Per-position difficulty ``[...]`` (float32, no grad) of student ``[..., V]`` vs teacher ``[..., V]``.
 
-    ``name``: "hellinger" (default of AdaKD), "forward_kl", "reverse_kl" or "cross_entropy"
-    (H(p, q), the cross-entropy on the teacher's soft labels), after dividing both logits by
-    ``temperature``. Entries where either logit is ±inf are left out, as in :mod:`todi.divergences`.
-    Rows are processed ``chunk_rows`` at a time (default: CHUNK_ELEMENTS // V).
+    ``name``: "hellinger" (default of AdaKD), "forward_kl", "reverse_kl", or "cross_entropy"
+    (−log q(y) of the data token, needs ``labels`` ``[...]``: int64, negative where there is none),
+    after dividing both logits by ``temperature``. Entries where either logit is ±inf are left out,
+    as in :mod:`todi.divergences`. Rows are processed ``chunk_rows`` at a time (default:
+    CHUNK_ELEMENTS // V).
     """
     if name not in _ROWS:
         raise ValueError(f"unknown difficulty {name!r}; valid: {', '.join(DIFFICULTIES)}")
     _check_logits(student_logits, teacher_logits, temperature)
+    if name == "cross_entropy":
+        if labels is None:
+            raise ValueError("the cross_entropy difficulty needs the labels (the data tokens)")
+        if labels.shape != student_logits.shape[:-1]:
+            raise ValueError(f"labels must have shape {tuple(student_logits.shape[:-1])}, got {tuple(labels.shape)}")
+        flat_labels = labels.reshape(-1)
     vocab = student_logits.shape[-1]
     if chunk_rows is None:
         chunk_rows = max(1, CHUNK_ELEMENTS // max(vocab, 1))
@@ -137,7 +149,7 @@ def difficulty(
     for start in range(0, student.shape[0], chunk_rows):
         stop = start + chunk_rows
         s, t, keep = _log_probs(student[start:stop], teacher[start:stop], temperature)
-        out[start:stop] = rows_fn(s, t, keep)
+        out[start:stop] = rows_fn(s, t, keep, flat_labels[start:stop] if name == "cross_entropy" else None)
     return out.view(student_logits.shape[:-1])
 
 
@@ -191,7 +203,8 @@ class AdaKD:
         delta: relative step of r.
         warmup: fraction of ``total_steps`` during which r = 1; L_ref is taken right after it.
         min_ratio: floor of r.
-        difficulty: "hellinger" (paper), "forward_kl", "reverse_kl" or "cross_entropy" (ablation).
+        difficulty: "hellinger" (paper), "forward_kl", "reverse_kl" or "cross_entropy" (ablation;
+            the student's CE on the data token, so plan() must then get the labels).
 
     Usage: pass as ``planner=`` to :class:`~todi.criterion.DistillationLoss`; call :meth:`update`
     once per optimizer step on every rank with the step's local sums of the criterion's
@@ -258,13 +271,22 @@ class AdaKD:
                 setattr(self, name, getattr(self, name).to(device))
 
     # ---- per micro-batch ---------------------------------------------------------------------
-    def plan(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> KDPlan:
+    def plan(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        mask: Tensor,
+        temperature: float = 1.0,
+        *,
+        labels: Tensor | None = None,
+    ) -> KDPlan:
         """The KD plan of one micro-batch.
 
         Args:
             student_logits, teacher_logits: ``[..., V]`` (same shape).
             mask: bool ``[...]``, the response positions.
             temperature: the criterion's KD temperature T, IDTS's base.
+            labels: int64 ``[...]``, the data tokens; needed by the "cross_entropy" difficulty only.
 
         Returns a :class:`KDPlan` with ``mask`` = the ⌈r·N⌉ hardest response positions (N = their
         number; ties go to the earlier position), ``temperature`` = τ ``[...]`` float32 (defined
@@ -279,6 +301,9 @@ class AdaKD:
                 f"AdaKD.plan: mask must be bool of shape {tuple(student_logits.shape[:-1])}, "
                 f"got {mask.dtype} {tuple(mask.shape)}"
             )
+        if self.difficulty == "cross_entropy" and labels is None:
+            raise ValueError("AdaKD(difficulty='cross_entropy') ranks tokens by the student's CE on the data "
+                             "token: the criterion must call plan(..., labels=labels)")
         device = student_logits.device
         self._to(device)
         shape = mask.shape
@@ -288,7 +313,7 @@ class AdaKD:
             empty = torch.zeros(shape, dtype=torch.float32, device=device)
             return KDPlan(mask=mask.clone(), temperature=empty + temperature, weight=empty)
 
-        scores = difficulty(self.difficulty, student_logits, teacher_logits, temperature).reshape(-1)
+        scores = difficulty(self.difficulty, student_logits, teacher_logits, temperature, labels=labels).reshape(-1)
         with torch.no_grad():
             # Rank the response positions by difficulty, hardest first; the stable sort breaks ties
             # by position, so the selection is deterministic on every device.

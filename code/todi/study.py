@@ -332,6 +332,12 @@ def _atomic_write(path: Path, write) -> None:
 # Entry point
 # --------------------------------------------------------------------------------------------
 
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Path, StudyConfig, int]:
     d = StudyConfig()
     parser = argparse.ArgumentParser(prog="python -m todi.study", description=__doc__.split("\n\n")[0])
@@ -343,7 +349,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Path, StudyConfig, int]:
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
     parser.add_argument("--teacher-entropy", type=float, default=d.teacher_entropy, help="mean teacher entropy (nats)")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the teacher and the student's initialisation")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--workers", type=int, default=_usable_cores(),
                         help="parallel processes, one single-threaded run each (default: the usable CPU cores)")
     args = parser.parse_args(argv)
     for name, low in (("vocab", 2), ("contexts", 1), ("rank", 1), ("steps", 1), ("workers", 1)):

@@ -13,9 +13,9 @@ STEPS=${STEPS:-300}
 LR=${LR:-0.05}
 TEACHER_ENTROPY=${TEACHER_ENTROPY:-2.0}
 SEED=${SEED:-0}
-WORKERS=${WORKERS:-$(nproc)}
+WORKERS=${WORKERS:-}   # empty: one worker process per usable CPU core
 
 # this checkout's package, whatever is installed
 export PYTHONPATH="${ROOT}/code${PYTHONPATH:+:${PYTHONPATH}}"
 python3 -m todi.study --out "${OUT}" --vocab "${VOCAB}" --contexts "${CONTEXTS}" --rank "${RANK}" \
-    --steps "${STEPS}" --lr "${LR}" --teacher-entropy "${TEACHER_ENTROPY}" --seed "${SEED}" --workers "${WORKERS}"
+    --steps "${STEPS}" --lr "${LR}" --teacher-entropy "${TEACHER_ENTROPY}" --seed "${SEED}" ${WORKERS:+--workers "${WORKERS}"}

@@ -30,10 +30,10 @@ CHUNK_BYTES = 2 * 1024 * 1024
 
 
 def chunk_rows(n_rows: int, vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk: within ``chunk_bytes`` per float32 temporary, and at most 1/8 of the rows
+    """Rows per chunk: within ``chunk_bytes`` per float32 temporary, and at most 1/16 of the rows
     (so the temporaries stay a fraction of the ``N × V`` gradient even for small inputs)."""
     by_bytes = max(1, chunk_bytes // (4 * max(vocab, 1)))
-    return max(1, min(by_bytes, math.ceil(n_rows / 8)))
+    return max(1, min(by_bytes, math.ceil(n_rows / 16)))
 
 
 def entry_terms(spec: LossSpec, s: Tensor, t: Tensor, keep: Tensor, want_alpha: bool):

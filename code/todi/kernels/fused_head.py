@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from todi.kernels import per_row, resolve
-from todi.kernels.rows import backend_forward
+from todi.kernels.rows import backend_forward, check_labels
 from todi.kernels.spec import LossSpec, RowsInput
 
 __all__ = ["fused_linear_loss", "fused_student_loss", "output_layer"]
@@ -169,6 +169,7 @@ def fused_linear_loss(
         ce_weight=1.0 - criterion.kd_rate if criterion.kd_rate < 1.0 else 0.0,
         ignore_index=criterion.ignore_index,
     )
+    check_labels(base.labels, base.ce_valid, v_student)
     want_alpha = diagnostics and spec.objective == "ToDi"
     out = _FusedLinearLoss.apply(h, weight, bias, impl, spec, teacher, base, want_alpha, chunk_rows)
     loss, kd, ce, correct = out[:4]

@@ -22,7 +22,7 @@ from torch import Tensor
 from todi.divergences import DIVERGENCES, PARAMS, todi_alpha
 from todi.kernels.spec import LossSpec, RowsInput, RowsResult
 
-__all__ = ["LossRows", "backend_forward", "loss_rows", "needs_reference", "reference_rows"]
+__all__ = ["LossRows", "backend_forward", "check_labels", "loss_rows", "needs_reference", "reference_rows"]
 
 
 @dataclass
@@ -46,6 +46,13 @@ def needs_reference(inp: RowsInput) -> str | None:
     if isinstance(inp.kd_weight, Tensor) and inp.kd_weight.requires_grad:
         return "the per-row KD weight requires grad"
     return None
+
+
+def check_labels(labels: Tensor, valid: Tensor, vocab: int) -> None:
+    """Labels must index the student's vocabulary (one device sync: a wrong label is no silent NaN)."""
+    bad = valid & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        raise ValueError(f"labels must be in [0, {vocab}) or the ignore index; got {labels[bad][:5].tolist()}")
 
 
 def backend_forward(impl: str, spec: LossSpec, inp: RowsInput, want_grad: bool, want_alpha: bool) -> RowsResult:
@@ -107,6 +114,8 @@ class _LossRowsFunction(torch.autograd.Function):
 
 def loss_rows(impl: str, spec: LossSpec, inp: RowsInput, *, want_alpha: bool = False) -> LossRows:
     """The row-wise loss of ``inp`` with backend ``impl`` ("chunked" or "triton")."""
+    if inp.labels is not None:
+        check_labels(inp.labels, inp.ce_valid, inp.student.shape[1])
     if needs_reference(inp) is not None:
         return reference_rows(spec, inp, want_alpha=want_alpha)
     want_alpha = want_alpha and spec.objective == "ToDi" and inp.teacher is not None
@@ -121,7 +130,7 @@ def reference_rows(spec: LossSpec, inp: RowsInput, *, want_alpha: bool = False) 
     n = student.shape[0]
     zero = torch.zeros(n, dtype=torch.float32, device=student.device)
     kd, ce, correct, alpha = zero, zero, zero, None
-    loss = student.sum(-1).float() * 0.0  # keeps the graph connected when nothing counts
+    loss = student[:, :0].sum(-1).float()  # zeros connected to the graph, whatever the logits hold
     if inp.labels is not None:
         valid = inp.ce_valid
         ce = F.cross_entropy(student.float(), torch.where(valid, inp.labels, 0), reduction="none")

@@ -309,3 +309,50 @@ def test_criterion_peak_memory_is_a_fraction_of_the_reference():
         return peak_extra_bytes(lambda: crit(leaf, labels, teacher).loss.backward(), "cpu")
 
     assert peak("chunked") < peak("reference") / 3
+
+
+def float64_oracle(name, student, teacher, **params):
+    """The objectives in float64 log space (AKL's weight from the float32 reference: it is a
+    discontinuous function of p, see test_divergences)."""
+    from todi.divergences import _log_probs, akl_head_weight
+
+    s, t = torch.log_softmax(student.double(), -1), torch.log_softmax(teacher.double(), -1)
+    p, q = t.exp(), s.exp()
+    lam = params.get("skew_lambda", 0.1)
+    log_lam = math.log(lam) if lam > 0 else -math.inf
+    log_1ml = math.log1p(-lam) if lam < 1 else -math.inf
+    if name == "forward_kl":
+        terms = p * (t - s)
+    elif name == "reverse_kl":
+        terms = q * (s - t)
+    elif name == "js_divergence":
+        log_m = torch.logaddexp(s, t) - math.log(2)
+        terms = 0.5 * (p * (t - log_m) + q * (s - log_m))
+    elif name == "tvd":
+        terms = 0.5 * (q - p).abs()
+    elif name == "skewed_forward_kl":
+        terms = p * (t - torch.logaddexp(t + log_lam, s + log_1ml))
+    elif name == "skewed_reverse_kl":
+        terms = q * (s - torch.logaddexp(s + log_lam, t + log_1ml))
+    elif name == "ToDi":
+        alpha = torch.sigmoid(params.get("beta", 1.0) * (t - s)).detach()
+        terms = (t - s) * (alpha * p - (1 - alpha) * q)
+    else:
+        s32, t32, keep = _log_probs(student.detach(), teacher, 1.0)
+        w = akl_head_weight(s32, t32, keep, params.get("adaptive_kl_alpha", 0.5)).double().unsqueeze(-1)
+        terms = w * p * (t - s) + (1 - w) * q * (s - t)
+    return terms.sum(-1)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_extreme_logits_are_as_accurate_as_the_reference(name, params):
+    """Logits spread over ±120: probabilities underflow, and large log-ratios cancel in the gradient;
+    the chunked results must be as close to a float64 computation as the reference's are."""
+    s, t = make_pair(4, 6, 90, seed=16, scale=40.0, specials=False)
+    val, grad = value_and_grad(lambda x: divergence(name, x, t, impl="chunked", **params), s)
+    ref_val, ref_grad = value_and_grad(lambda x: divergence(name, x, t, impl="reference", **params), s)
+    exact_val, exact_grad = value_and_grad(lambda x: float64_oracle(name, x, t.double(), **params), s.double())
+    assert torch.isfinite(val).all() and torch.isfinite(grad).all()
+    for got, ref, exact in ((val, ref_val, exact_val), (grad, ref_grad, exact_grad)):
+        err, ref_err = (got.double() - exact).abs().max(), (ref.double() - exact).abs().max()
+        assert err <= 3 * ref_err + 1e-6 * exact.abs().max(), (err.item(), ref_err.item())

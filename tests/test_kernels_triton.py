@@ -111,6 +111,24 @@ def test_triton_matches_reference(name, params):
 
 
 @needs_triton
+@pytest.mark.parametrize("name,params", CASES[::2] + [("ToDi", {})], ids=[n for n, _ in CASES[::2]] + ["ToDi"])
+def test_extreme_logits_are_as_accurate_as_the_reference(name, params):
+    """Logits spread over ±120 (see the test of the same name in test_kernels)."""
+    from test_kernels import float64_oracle
+
+    s, t = make_pair(2, 3, 90, seed=26, scale=40.0, specials=False)
+    val, grad = value_and_grad(lambda x: divergence(name, x, t, impl="triton", **params), s)
+    ref_val, ref_grad = value_and_grad(lambda x: divergence(name, x, t, impl="reference", **params), s)
+    exact_val, exact_grad = value_and_grad(
+        lambda x: float64_oracle(name, x, t.double(), **params), s.double()
+    )
+    assert torch.isfinite(val).all() and torch.isfinite(grad).all()
+    for got, ref, exact in ((val, ref_val, exact_val), (grad, ref_grad, exact_grad)):
+        err, ref_err = (got.double() - exact).abs().max(), (ref.double() - exact).abs().max()
+        assert err <= 3 * ref_err + 1e-6 * exact.abs().max(), (err.item(), ref_err.item())
+
+
+@needs_triton
 @pytest.mark.parametrize("name", ["ToDi", "adaptive_kl", None])
 @pytest.mark.parametrize("temperature,vocab", [(1.0, V), (2.0, V - 17)], ids=["T1-shared-lse", "T2-padded"])
 def test_triton_rows_with_cross_entropy_match_reference(name, temperature, vocab):

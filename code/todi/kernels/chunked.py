@@ -36,12 +36,13 @@ def chunk_rows(n_rows: int, vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     return max(1, min(by_bytes, math.ceil(n_rows / 16)))
 
 
-def entry_terms(spec: LossSpec, s: Tensor, t: Tensor, keep: Tensor, want_alpha: bool):
+def entry_terms(spec: LossSpec, s: Tensor, t: Tensor, q: Tensor, keep: Tensor | None, want_alpha: bool):
     """Per-entry value ``f`` and derivative ``g = ∂f/∂s`` of the objective, both ``[C, V]``.
 
-    ``s``, ``t`` are the log-probabilities with 0 outside ``keep`` (so every term is finite);
-    the caller zeroes ``f`` and ``g`` outside ``keep``. Also returns ``p·α`` for ToDi's
-    diagnostic when asked (else None).
+    ``s``, ``t`` are the log-probabilities (0 outside ``keep``, so every term is finite) and ``q``
+    the student's probabilities (read only; it may differ from exp(s) outside ``keep``); ``keep``
+    is None when every entry counts. The caller zeroes ``f`` and ``g`` outside ``keep``. Also
+    returns ``p·α`` for ToDi's diagnostic when asked (else None).
     """
     obj = spec.objective
     alpha_p = None
@@ -50,80 +51,128 @@ def entry_terms(spec: LossSpec, s: Tensor, t: Tensor, keep: Tensor, want_alpha: 
         f = p * (t - s)
         g = p.neg_()
     elif obj == "reverse_kl":  # f = q (s − t); g = q (s − t + 1)
-        q = s.exp()
-        f = q * (s - t)
-        g = f + q
+        d = s - t
+        f = q * d
+        g = d.add_(1.0).mul_(q)
     elif obj == "js_divergence":  # m = (p+q)/2; f = ½[p(t − log m) + q(s − log m)]; g = ½ q (s − log m)
-        log_m = torch.logaddexp(s, t).sub_(math.log(2.0))
-        p, q = t.exp(), s.exp()
+        p = t.exp()
+        log_m = _log_clamped((p + q).mul_(0.5))
         gs = s - log_m
-        f = (p * (t - log_m)).add_(q * gs).mul_(0.5)
-        g = q.mul_(gs).mul_(0.5)
+        f = (p.mul_(log_m.neg_().add_(t))).add_(q * gs).mul_(0.5)
+        g = gs.mul_(q).mul_(0.5)
     elif obj == "tvd":  # f = ½|q − p|; g = ½ sign(q − p) q (sign(0) = 0, as autograd's abs)
-        q = s.exp()
         diff = q - t.exp()
         f = diff.abs().mul_(0.5)
         g = diff.sign_().mul_(q).mul_(0.5)
-    elif obj == "skewed_forward_kl":  # mix = log(λp + (1−λ)q); f = p(t − mix); g = −p (1−λ) e^{s − mix}
+    elif obj == "skewed_forward_kl" and 0.0 < spec.skew_lambda < 1.0:
+        # M = λp + (1−λ)q; f = p(t − log M); g = −(1−λ) p q / M
         lam = spec.skew_lambda
-        mix = _log_mix(t, s, lam)
         p = t.exp()
-        f = p * (t - mix)
-        g = (s - mix).exp_().mul_(p).mul_(-(1.0 - lam))
-    elif obj == "skewed_reverse_kl":  # mix = log((1−λ)p + λq); f = q(s − mix); g = q(s − mix + 1 − λ e^{s − mix})
+        mix = (q * (1.0 - lam)).add_(p, alpha=lam).clamp_min_(_TINY)
+        f = p * _log_clamped(mix).neg_().add_(t)
+        g = mix.reciprocal_().mul_(q).mul_(p).mul_(-(1.0 - lam))
+    elif obj == "skewed_forward_kl":  # λ = 0: forward KL; λ = 1: KL(p‖p) = 0
+        if spec.skew_lambda == 0.0:
+            return entry_terms(LossSpec("forward_kl"), s, t, q, keep, want_alpha)
+        f, g = torch.zeros_like(s), torch.zeros_like(s)
+    elif obj == "skewed_reverse_kl" and 0.0 < spec.skew_lambda < 1.0:
+        # M = λq + (1−λ)p; f = q(s − log M); g = q(s − log M + 1 − λ q / M)
         lam = spec.skew_lambda
-        mix = _log_mix(s, t, lam)
-        q = s.exp()
-        gs = s - mix
+        mix = (t.exp().mul_(1.0 - lam)).add_(q, alpha=lam).clamp_min_(_TINY)
+        gs = _log_clamped(mix).neg_().add_(s)
         f = q * gs
-        g = gs.exp().mul_(-lam).add_(gs).add_(1.0).mul_(q)
+        g = mix.reciprocal_().mul_(q).mul_(-lam).add_(gs).add_(1.0).mul_(q)
+    elif obj == "skewed_reverse_kl":  # λ = 0: reverse KL; λ = 1: KL(q‖q) = 0
+        if spec.skew_lambda == 0.0:
+            return entry_terms(LossSpec("reverse_kl"), s, t, q, keep, want_alpha)
+        f, g = torch.zeros_like(s), torch.zeros_like(s)
     elif obj == "ToDi":  # d = t − s, α = σ(βd); f = d(αp − (1−α)q); g = −αp + (1−α) q (1 − d)
         d = t - s
         alpha = torch.sigmoid(d * spec.beta)
-        p, q = t.exp(), s.exp()
-        ap = alpha * p
+        ap = t.exp().mul_(alpha)
         if want_alpha:
             alpha_p = ap
-        one_m = alpha.neg_().add_(1.0)  # 1 − α (reuses α's buffer)
-        omq = one_m.mul_(q)  # (1 − α) q
+        omq = alpha.neg_().add_(1.0).mul_(q)  # (1 − α) q, in α's buffer
         f = (ap - omq).mul_(d)
         g = d.neg_().add_(1.0).mul_(omq).sub_(ap)
     elif obj == "adaptive_kl":
         # f = w p(t − s) + (1 − w) q(s − t), w per row (detached); g = −w p + (1 − w) q(s − t + 1)
+        if keep is None:
+            keep = torch.ones_like(s, dtype=torch.bool)
         w = akl_head_weight(s, t, keep, spec.adaptive_kl_alpha).unsqueeze(-1)
-        p, q = t.exp(), s.exp()
+        p = t.exp()
         d = s - t
-        f = (p * d).mul_(-w).add_(q * d * (1.0 - w))
-        g = d.add_(1.0).mul_(q).mul_(1.0 - w).sub_(p.mul_(w))
+        qd = q * d
+        f = (p * d).mul_(-w).add_(qd * (1.0 - w))
+        g = qd.add_(q).mul_(1.0 - w).sub_(p.mul_(w))
     else:
         raise AssertionError(obj)
     return f, g, alpha_p
 
 
-def _log_mix(a: Tensor, b: Tensor, weight_a: float) -> Tensor:
-    """log(w·e^a + (1−w)·e^b) for w in [0, 1] (a −inf log-weight drops that side exactly)."""
-    log_w = math.log(weight_a) if weight_a > 0 else -math.inf
-    log_1mw = math.log1p(-weight_a) if weight_a < 1 else -math.inf
-    return torch.logaddexp(a + log_w, b + log_1mw)
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _log_clamped(mix: Tensor) -> Tensor:
+    """log of a mixture of probabilities, clamped at the smallest normal float.
+
+    Where the mixture underflows, every term that multiplies its log has a probability factor
+    that underflowed too, so the clamp only keeps 0·(−inf) = NaN out; the skewed KLs and JS are
+    otherwise the reference's log-space values up to rounding.
+    """
+    return mix.clamp_min(_TINY).log_()
+
+
+def _divide(x: Tensor, temp) -> Tensor:
+    """x / T as a new tensor (the reference divides too: same rounding)."""
+    if isinstance(temp, Tensor):
+        return x / temp.unsqueeze(-1)
+    return x / temp if temp != 1.0 else x.clone()
 
 
 def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_grad: bool, want_alpha: bool):
-    """Divergence of one chunk: values ``[C]``, ∂/∂logits ``[C, V]`` (or None), ``Σ p α`` (or None)."""
-    keep = ~(xs.isinf() | xt.isinf())
-    # Same preprocessing as the reference (temperature, +inf → −inf, rows without a finite logit).
-    s_full = torch.log_softmax(_scaled(xs, temp), dim=-1)
-    t = torch.log_softmax(_scaled(xt, temp), dim=-1).masked_fill_(~keep, 0.0)
-    q_full = s_full.exp() if want_grad else None
-    s = s_full.masked_fill_(~keep, 0.0)
-    f, g, alpha_p = entry_terms(spec, s, t, keep, want_alpha)
-    value = f.masked_fill_(~keep, 0.0).sum(-1)
-    alpha = alpha_p.masked_fill_(~keep, 0.0).sum(-1) if alpha_p is not None else None
-    if not want_grad:
-        return value, None, alpha
-    g.masked_fill_(~keep, 0.0)
-    grad = g.sub_(q_full.mul_(g.sum(-1, keepdim=True)))
-    grad = grad.div_(temp.unsqueeze(-1) if isinstance(temp, Tensor) else temp)
-    return value, grad, alpha
+    """Divergence of one chunk (float32 ``[C, V]`` inputs, not modified).
+
+    Returns values ``[C]``, ∂/∂logits ``[C, V]`` (or None), ``Σ p α`` (or None), and, when no entry
+    is ±inf, the student's tempered log-probabilities and probabilities (for the cross-entropy to
+    reuse at temperature 1; else None, None).
+    """
+    inf_s, inf_t = xs.isinf(), xt.isinf()
+    if bool(inf_s.any()) or bool(inf_t.any()):
+        # The reference's preprocessing: +inf → −inf, rows without a finite logit, kept entries.
+        keep = ~(inf_s | inf_t)
+        s = torch.log_softmax(_scaled(xs, temp), dim=-1)
+        t = torch.log_softmax(_scaled(xt, temp), dim=-1).masked_fill_(~keep, 0.0)
+        q = s.exp()
+        s.masked_fill_(~keep, 0.0)
+    else:  # the common case: every entry counts, no masking anywhere
+        keep = None
+        s = torch.log_softmax(_divide(xs, temp), dim=-1)
+        t = torch.log_softmax(_divide(xt, temp), dim=-1)
+        q = s.exp()
+    del inf_s, inf_t
+    f, g, alpha_p = entry_terms(spec, s, t, q, keep, want_alpha)
+    del t
+    if keep is not None:
+        f.masked_fill_(~keep, 0.0)
+        g.masked_fill_(~keep, 0.0)
+        if alpha_p is not None:
+            alpha_p.masked_fill_(~keep, 0.0)
+    value = f.sum(-1)
+    del f
+    alpha = alpha_p.sum(-1) if alpha_p is not None else None
+    grad = None
+    if want_grad:
+        grad = g.sub_(q * g.sum(-1, keepdim=True))
+        grad = grad.div_(temp.unsqueeze(-1) if isinstance(temp, Tensor) else temp)
+    if keep is not None:
+        return value, grad, alpha, None, None
+    return value, grad, alpha, s, q
+
+
+def _rows_view(x: Tensor, idx: Tensor, contiguous: bool, start: int) -> Tensor:
+    """Rows ``idx`` of x: a view when they are a contiguous range, else a copy."""
+    return x[start : start + idx.numel()] if contiguous else x.index_select(0, idx)
 
 
 def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool, rows_per_chunk: int | None = None) -> RowsResult:
@@ -144,36 +193,49 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
     ce_valid = inp.ce_valid
     step = rows_per_chunk or chunk_rows(rows.numel(), v_student)
-    for start in range(0, rows.numel(), step):
-        idx = rows[start : start + step]
-        xs = student.index_select(0, idx).float()
-        grad_c = torch.zeros_like(xs) if want_grad else None
-        if has_ce:
-            labels = inp.labels.index_select(0, idx)
-            valid = ce_valid.index_select(0, idx)
-            safe = torch.where(valid, labels, 0).unsqueeze(1)
-            lse = torch.logsumexp(xs, dim=-1)
-            ce.index_copy_(0, idx, torch.where(valid, lse - xs.gather(1, safe).squeeze(1), 0.0))
-            correct.index_copy_(0, idx, (xs.argmax(-1).eq(labels) & valid).float())
-            if want_grad and inp.ce_weight != 0.0:
-                # ∂CE/∂x = softmax(x) − onehot(label), for rows with a label
-                w = torch.where(valid, inp.ce_weight, 0.0).unsqueeze(1)
-                grad_c.add_((xs - lse.unsqueeze(1)).exp_().mul_(w))
-                grad_c.scatter_add_(1, safe, -w)
+    for begin in range(0, rows.numel(), step):
+        idx = rows[begin : begin + step]
+        first = int(idx[0])
+        contiguous = int(idx[-1]) - first + 1 == idx.numel()
+        xs = _rows_view(student, idx, contiguous, first).float()  # not modified below
+        direct = want_grad and contiguous and grad.dtype == torch.float32
+        grad_c = None
+        if want_grad:
+            grad_c = grad[first : first + idx.numel()] if direct else torch.zeros_like(xs)
+        log_q = q = None
         if has_kd:
             on = inp.kd_mask.index_select(0, idx)
             temp = inp.temperature.index_select(0, idx) if isinstance(inp.temperature, Tensor) else inp.temperature
-            xt = teacher.index_select(0, idx)[:, :vocab].float()
-            value, g_kd, a = _kd_chunk(spec, xs[:, :vocab], xt, temp, want_grad, alpha is not None)
+            xt = _rows_view(teacher, idx, contiguous, first)[:, :vocab].float()
+            value, g_kd, a, log_q, q = _kd_chunk(spec, xs[:, :vocab], xt, temp, want_grad, alpha is not None)
             del xt
             kd.index_copy_(0, idx, torch.where(on, value, 0.0))
             if a is not None:
                 alpha.index_copy_(0, idx, torch.where(on, a, 0.0))
             if want_grad:
                 w = inp.kd_weight.index_select(0, idx) if isinstance(inp.kd_weight, Tensor) else inp.kd_weight
-                w = torch.where(on, w, 0.0).unsqueeze(1)
-                grad_c[:, :vocab].add_(g_kd.mul_(w))
+                grad_c[:, :vocab].add_(g_kd.mul_(torch.where(on, w, 0.0).unsqueeze(1)))
                 del g_kd
-        if want_grad:
+            # the cross-entropy's softmax is the divergence's q when nothing differs (T = 1, same V)
+            shared = log_q is not None and vocab == v_student and not isinstance(temp, Tensor) and temp == 1.0
+            if not shared:
+                log_q = q = None
+        if has_ce:
+            labels = inp.labels.index_select(0, idx)
+            valid = ce_valid.index_select(0, idx)
+            safe = torch.where(valid, labels, 0).unsqueeze(1)
+            if log_q is None:
+                log_q = torch.log_softmax(xs, dim=-1)
+            ce_rows = log_q.gather(1, safe).squeeze(1).neg_()
+            ce.index_copy_(0, idx, torch.where(valid, ce_rows, 0.0))
+            correct.index_copy_(0, idx, (xs.argmax(-1).eq(labels) & valid).float())
+            if want_grad and inp.ce_weight != 0.0:
+                # ∂CE/∂x = softmax(x) − onehot(label), for rows with a label
+                w = torch.where(valid, inp.ce_weight, 0.0).unsqueeze(1)
+                soft = q if q is not None else log_q.exp_()
+                grad_c.add_(soft.mul_(w))
+                grad_c.scatter_add_(1, safe, -w)
+        del q, log_q
+        if want_grad and not direct:
             grad.index_copy_(0, idx, grad_c.to(grad.dtype))
     return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)

@@ -126,23 +126,27 @@ def _entry(s, t, w, beta, lam, log_lam, log_1mlam, OBJ: tl.constexpr):
 
 
 @triton.jit
-def _load_kd(s_ptr, t_ptr, offs, V, inv_t, lse_s, lse_t):
-    """Tempered log-probabilities of one block: s, t (0 off keep), the student's q, keep."""
+def _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t):
+    """Tempered log-probabilities of one block: s, t (0 off keep), the student's q, keep.
+
+    log p = (z − max) − log Σ e^{z − max}, as torch's log_softmax: subtracting a rounded
+    log-sum-exp of large logits at once would lose digits.
+    """
     in_v = offs < V
     xs = tl.load(s_ptr + offs, mask=in_v, other=-float("inf")).to(tl.float32)
     xt = tl.load(t_ptr + offs, mask=in_v, other=-float("inf")).to(tl.float32)
     keep = in_v & (tl.abs(xs) != float("inf")) & (tl.abs(xt) != float("inf"))
     zs = tl.where(xs == float("inf"), -float("inf"), xs * inv_t)
     zt = tl.where(xt == float("inf"), -float("inf"), xt * inv_t)
-    s_full = zs - lse_s
+    s_full = (zs - m_s) - ll_s
     q = tl.exp(s_full)
     s = tl.where(keep, s_full, 0.0)
-    t = tl.where(keep, zt - lse_t, 0.0)
+    t = tl.where(keep, (zt - m_t) - ll_t, 0.0)
     return s, t, q, keep
 
 
 @triton.jit
-def _teacher_p(s_ptr, t_ptr, offs, V, inv_t, lse_t, s_has_inf):
+def _teacher_p(s_ptr, t_ptr, offs, V, inv_t, m_t, ll_t, s_has_inf):
     """The teacher's p of one block (0 off keep), exactly as the other passes compute it."""
     in_v = offs < V
     xt = tl.load(t_ptr + offs, mask=in_v, other=-float("inf")).to(tl.float32)
@@ -151,7 +155,7 @@ def _teacher_p(s_ptr, t_ptr, offs, V, inv_t, lse_t, s_has_inf):
         xs = tl.load(s_ptr + offs, mask=in_v, other=-float("inf")).to(tl.float32)
         keep = keep & (tl.abs(xs) != float("inf"))
     zt = tl.where(xt == float("inf"), -float("inf"), xt * inv_t)
-    return tl.where(keep, tl.exp(zt - lse_t), 0.0)
+    return tl.where(keep, tl.exp((zt - m_t) - ll_t), 0.0)
 
 
 @triton.jit
@@ -164,10 +168,10 @@ def _online(m, l, z):
 
 
 @triton.jit
-def _lse(m, l):
-    """log-sum-exp from (m, l); 0 for a row without a finite entry (its terms are all dropped)."""
+def _lse_parts(m, l):
+    """(max, log Σ e^{z − max}); (0, 0) for a row without a finite entry (its terms are all dropped)."""
     no_entry = m == -float("inf")
-    return tl.where(no_entry, 0.0, m + tl.log(tl.where(no_entry, 1.0, l)))  # l >= 1 when m is finite
+    return tl.where(no_entry, 0.0, m), tl.log(tl.where(no_entry, 1.0, l))  # l >= 1 when m is finite
 
 
 @triton.jit
@@ -247,15 +251,16 @@ def _rows_kernel(
                                 m_1, l_1 = _online(m_1, l_1, xs)
                         else:
                             m_1, l_1 = _online(m_1, l_1, xs)
-                lse_s = _lse(m_s, l_s)
-                lse_t = _lse(m_t, l_t)
-                lse_1 = _lse(m_1, l_1)
+                m_s, ll_s = _lse_parts(m_s, l_s)
+                m_t, ll_t = _lse_parts(m_t, l_t)
+                m_1, ll_1 = _lse_parts(m_1, l_1)
                 if CE_SHARED:
                     if kd_on:
-                        lse_1 = lse_s
+                        m_1 = m_s
+                        ll_1 = ll_s
                 if ce_on:
                     x_label = tl.load(s_ptr + label).to(tl.float32)
-                    ce_val = lse_1 - x_label
+                    ce_val = (m_1 - x_label) + ll_1
                     correct = tl.where(best_idx == label, 1.0, 0.0)
 
                 # ---- pass 2: the divergence and G = Σ g (AKL: tail search first) ----
@@ -274,7 +279,7 @@ def _rows_kernel(
                             pts = (lo + (span * (kk + 1).to(tl.int64)) // K).to(tl.int32)
                             acc = tl.zeros([K], dtype=tl.float32)
                             for off in range(0, V, SBLOCK):
-                                p = _teacher_p(s_ptr, t_ptr, off + scols, V, inv_t, lse_t, s_has_inf)
+                                p = _teacher_p(s_ptr, t_ptr, off + scols, V, inv_t, m_t, ll_t, s_has_inf)
                                 bits = p.to(tl.int32, bitcast=True)
                                 sel = bits[:, None] <= pts[None, :]
                                 acc += tl.sum(tl.where(sel, p[:, None], 0.0), axis=0)
@@ -299,7 +304,7 @@ def _rows_kernel(
                         acc_gap = tl.zeros([BLOCK], dtype=tl.float32)
                         for off in range(0, V, BLOCK):
                             offs = off + cols
-                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, lse_s, lse_t)
+                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t)
                             # bit-identical to _teacher_p's p on kept entries: same operations
                             p = tl.where(keep, tl.exp(t), 0.0)
                             q = tl.where(keep, q, 0.0)
@@ -326,7 +331,7 @@ def _rows_kernel(
                         acc_a = tl.zeros([BLOCK], dtype=tl.float32)
                         for off in range(0, V, BLOCK):
                             offs = off + cols
-                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, lse_s, lse_t)
+                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t)
                             f, g, ap = _entry(s, t, w_akl, beta, lam, log_lam, log_1mlam, OBJ)
                             acc_f += tl.where(keep, f, 0.0)
                             acc_g += tl.where(keep, g, 0.0)
@@ -346,7 +351,7 @@ def _rows_kernel(
                         in_s = offs < VS
                         acc = tl.zeros([BLOCK], dtype=tl.float32)
                         if kd_on:
-                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, lse_s, lse_t)
+                            s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t)
                             _, g, _ = _entry(s, t, w_akl, beta, lam, log_lam, log_1mlam, OBJ)
                             acc += kd_coef * (tl.where(keep, g, 0.0) - q * G)
                             if CE_GRAD:
@@ -354,12 +359,12 @@ def _rows_kernel(
                                     soft = q
                                 else:
                                     xs = tl.load(s_ptr + offs, mask=in_s, other=-float("inf")).to(tl.float32)
-                                    soft = tl.exp(xs - lse_1)
+                                    soft = tl.exp((xs - m_1) - ll_1)
                                 acc += ce_coef * (soft - tl.where(offs == label, 1.0, 0.0))
                         else:
                             if CE_GRAD:
                                 xs = tl.load(s_ptr + offs, mask=in_s, other=-float("inf")).to(tl.float32)
-                                soft = tl.exp(xs - lse_1)
+                                soft = tl.exp((xs - m_1) - ll_1)
                                 acc += ce_coef * (soft - tl.where(offs == label, 1.0, 0.0))
                         tl.store(g_ptr + offs, acc.to(GRAD.dtype.element_ty), mask=in_s)
             else:

@@ -203,9 +203,9 @@ def sweep(args, device) -> None:
     inputs = make_inputs(tokens, vocab, args.dtype, device)
     print(f"sweep at {tokens} x {vocab} {args.dtype}: ms fwd+bwd")
     best = {}
-    for block in (1024, 2048, 4096):
-        for warps in (4, 8, 16):
-            for per_sm in (1, 2, 4, 8, 32):
+    for block in (2048, 4096):
+        for warps in (8, 16):
+            for per_sm in (1, 2, 4, 32):
                 triton_rows.CONFIG = KernelConfig(block=block, num_warps=warps, programs_per_sm=per_sm)
                 cells = []
                 for name in args.objectives:

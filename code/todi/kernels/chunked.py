@@ -25,14 +25,15 @@ from todi.kernels.spec import LossSpec, RowsInput, RowsResult
 
 __all__ = ["CHUNK_BYTES", "chunk_rows", "entry_terms", "forward"]
 
-# float32 bytes of one [chunk, V] temporary; small enough to stay cache-friendly on a CPU.
-CHUNK_BYTES = 2 * 1024 * 1024
+# float32 bytes of one [chunk, V] temporary: cache-sized on a CPU; on a GPU large enough that
+# kernel launches do not dominate.
+CHUNK_BYTES = {"cpu": 2 * 1024 * 1024, "cuda": 64 * 1024 * 1024}
 
 
-def chunk_rows(n_rows: int, vocab: int, chunk_bytes: int = CHUNK_BYTES) -> int:
-    """Rows per chunk: within ``chunk_bytes`` per float32 temporary, and at most 1/16 of the rows
+def chunk_rows(n_rows: int, vocab: int, device_type: str = "cpu") -> int:
+    """Rows per chunk: within ``CHUNK_BYTES`` per float32 temporary, and at most 1/16 of the rows
     (so the temporaries stay a fraction of the ``N × V`` gradient even for small inputs)."""
-    by_bytes = max(1, chunk_bytes // (4 * max(vocab, 1)))
+    by_bytes = max(1, CHUNK_BYTES.get(device_type, CHUNK_BYTES["cuda"]) // (4 * max(vocab, 1)))
     return max(1, min(by_bytes, math.ceil(n_rows / 16)))
 
 
@@ -192,7 +193,7 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
     if rows.numel() == 0:
         return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
     ce_valid = inp.ce_valid
-    step = rows_per_chunk or chunk_rows(rows.numel(), v_student)
+    step = rows_per_chunk or chunk_rows(rows.numel(), v_student, device.type)
     for begin in range(0, rows.numel(), step):
         idx = rows[begin : begin + step]
         first = int(idx[0])

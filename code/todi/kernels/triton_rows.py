@@ -22,7 +22,7 @@ float32 rounding of the cumulative mass exactly at the boundary.
 
 from __future__ import annotations
 
-import math
+import functools
 import os
 from dataclasses import dataclass
 
@@ -35,7 +35,6 @@ from todi.kernels.spec import LossSpec, RowsInput, RowsResult
 
 __all__ = ["KernelConfig", "CONFIG", "forward", "scale_rows_"]
 
-INF = float("inf")
 
 
 @dataclass
@@ -60,68 +59,65 @@ INTERPRET_CONFIG = KernelConfig(block=64, num_warps=1, programs_per_sm=1, search
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def _logaddexp(a, b):
-    mx = tl.maximum(a, b)
-    mn = tl.minimum(a, b)
-    return mx + tl.log(1.0 + tl.exp(mn - mx))
+def _log_clamped(mix):
+    # Where a mixture of probabilities underflows, every term multiplying its log underflowed too.
+    return tl.log(tl.maximum(mix, 1.1754943508222875e-38))
 
 
 @triton.jit
-def _entry(s, t, w, beta, lam, log_lam, log_1mlam, OBJ: tl.constexpr):
+def _entry(s, t, q, w, beta, lam, OBJ: tl.constexpr, BETA_ONE: tl.constexpr):
+    """f, g = ∂f/∂s and p·α of the objective (derivations in todi.kernels.chunked.entry_terms).
+
+    q = e^s is passed in (every pass computes it anyway).
+    """
     zero = tl.zeros_like(s)
+    ap = zero
     if OBJ == 1:  # forward KL
         p = tl.exp(t)
         f = p * (t - s)
         g = -p
-        ap = zero
     elif OBJ == 2:  # reverse KL
-        q = tl.exp(s)
         f = q * (s - t)
         g = f + q
-        ap = zero
-    elif OBJ == 3:  # Jensen-Shannon
-        log_m = _logaddexp(s, t) - 0.6931471805599453
+    elif OBJ == 3:  # Jensen-Shannon, m = (p + q)/2
         p = tl.exp(t)
-        q = tl.exp(s)
+        log_m = _log_clamped(0.5 * (p + q))
         f = 0.5 * (p * (t - log_m) + q * (s - log_m))
         g = 0.5 * q * (s - log_m)
-        ap = zero
     elif OBJ == 4:  # total variation
-        q = tl.exp(s)
         diff = q - tl.exp(t)
         f = 0.5 * tl.abs(diff)
         sign = tl.where(diff > 0, 1.0, tl.where(diff < 0, -1.0, 0.0))
         g = 0.5 * sign * q
-        ap = zero
-    elif OBJ == 5:  # skewed forward KL: mix = log(λp + (1−λ)q)
-        mix = _logaddexp(t + log_lam, s + log_1mlam)
+    elif OBJ == 5:  # skewed forward KL, 0 < λ < 1: M = λp + (1−λ)q
         p = tl.exp(t)
-        f = p * (t - mix)
-        g = -(1.0 - lam) * p * tl.exp(s - mix)
-        ap = zero
-    elif OBJ == 6:  # skewed reverse KL: mix = log(λq + (1−λ)p)
-        mix = _logaddexp(s + log_lam, t + log_1mlam)
-        q = tl.exp(s)
-        gs = s - mix
+        mix = tl.maximum(lam * p + (1.0 - lam) * q, 1.1754943508222875e-38)
+        f = p * (t - tl.log(mix))
+        g = -(1.0 - lam) * p * (q / mix)
+    elif OBJ == 6:  # skewed reverse KL, 0 < λ < 1: M = λq + (1−λ)p
+        mix = tl.maximum(lam * q + (1.0 - lam) * tl.exp(t), 1.1754943508222875e-38)
+        gs = s - tl.log(mix)
         f = q * gs
-        g = q * (gs + 1.0 - lam * tl.exp(gs))
-        ap = zero
+        g = q * (gs + 1.0 - lam * (q / mix))
     elif OBJ == 7:  # adaptive KL with the row's head weight w
         p = tl.exp(t)
-        q = tl.exp(s)
         d = s - t
         f = -w * p * d + (1.0 - w) * q * d
         g = -w * p + (1.0 - w) * q * (d + 1.0)
-        ap = zero
-    else:  # ToDi
+    elif OBJ == 8:  # ToDi
         d = t - s
-        alpha = tl.sigmoid(beta * d)
         p = tl.exp(t)
-        q = tl.exp(s)
+        if BETA_ONE:  # σ(log p − log q) = p / (p + q): no extra exponential
+            alpha = p / tl.maximum(p + q, 1.1754943508222875e-38)
+        else:
+            alpha = tl.sigmoid(beta * d)
         ap = alpha * p
         omq = (1.0 - alpha) * q
         f = d * (ap - omq)
         g = omq * (1.0 - d) - ap
+    else:  # a skewed KL at λ = 1 compares a distribution with itself
+        f = zero
+        g = zero
     return f, g, ap
 
 
@@ -178,8 +174,8 @@ def _lse_parts(m, l):
 def _rows_kernel(
     S, T, LABELS, TEMP, KDW, KDMASK, GRAD, OUT_KD, OUT_CE, OUT_CORRECT, OUT_ALPHA,
     n_rows, n_programs, rows_per_program, V, VS, stride_s, stride_t, stride_g,
-    temp, kd_w_scalar, ce_w, beta, lam, log_lam, log_1mlam, akl_alpha, ignore_index,
-    OBJ: tl.constexpr, HAS_KD: tl.constexpr, HAS_CE: tl.constexpr, CE_GRAD: tl.constexpr,
+    temp, kd_w_scalar, ce_w, beta, lam, akl_alpha, ignore_index,
+    OBJ: tl.constexpr, BETA_ONE: tl.constexpr, HAS_KD: tl.constexpr, HAS_CE: tl.constexpr, CE_GRAD: tl.constexpr,
     CE_SHARED: tl.constexpr, TEMP_ROWS: tl.constexpr, KDW_ROWS: tl.constexpr,
     WRITE_GRAD: tl.constexpr, WANT_ALPHA: tl.constexpr,
     BLOCK: tl.constexpr, SBLOCK: tl.constexpr, K: tl.constexpr,
@@ -271,9 +267,9 @@ def _rows_kernel(
                         # K-ary search over the bit patterns of p for v* (see the module docstring).
                         kk = tl.arange(0, K)
                         scols = tl.arange(0, SBLOCK)
-                        lo = -1
-                        hi = 0x7F800000  # the bits of +inf: above every probability
-                        s_lo = 0.0
+                        lo = tl.full([], -1, tl.int32)
+                        hi = tl.full([], 0x7F800000, tl.int32)  # the bits of +inf: above every probability
+                        s_lo = tl.zeros([], dtype=tl.float32)
                         while hi - lo > 1:
                             span = (hi - lo).to(tl.int64)
                             pts = (lo + (span * (kk + 1).to(tl.int64)) // K).to(tl.int32)
@@ -332,7 +328,7 @@ def _rows_kernel(
                         for off in range(0, V, BLOCK):
                             offs = off + cols
                             s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t)
-                            f, g, ap = _entry(s, t, w_akl, beta, lam, log_lam, log_1mlam, OBJ)
+                            f, g, ap = _entry(s, t, q, w_akl, beta, lam, OBJ, BETA_ONE)
                             acc_f += tl.where(keep, f, 0.0)
                             acc_g += tl.where(keep, g, 0.0)
                             if WANT_ALPHA:
@@ -352,7 +348,7 @@ def _rows_kernel(
                         acc = tl.zeros([BLOCK], dtype=tl.float32)
                         if kd_on:
                             s, t, q, keep = _load_kd(s_ptr, t_ptr, offs, V, inv_t, m_s, ll_s, m_t, ll_t)
-                            _, g, _ = _entry(s, t, w_akl, beta, lam, log_lam, log_1mlam, OBJ)
+                            _, g, _ = _entry(s, t, q, w_akl, beta, lam, OBJ, BETA_ONE)
                             acc += kd_coef * (tl.where(keep, g, 0.0) - q * G)
                             if CE_GRAD:
                                 if CE_SHARED:  # the untempered softmax is q
@@ -399,11 +395,16 @@ def _config() -> KernelConfig:
     return INTERPRET_CONFIG if _interpreting() else CONFIG
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_programs(n_rows: int, device: torch.device, cfg: KernelConfig) -> int:
     if device.type != "cuda":
         return max(1, min(n_rows, 4))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(n_rows, sms * cfg.programs_per_sm))
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return max(1, min(n_rows, _multiprocessors(index) * cfg.programs_per_sm))
 
 
 def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool) -> RowsResult:
@@ -456,11 +457,10 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         float(inp.ce_weight),
         spec.beta,
         lam,
-        math.log(lam) if lam > 0 else -INF,
-        math.log1p(-lam) if lam < 1 else -INF,
         spec.adaptive_kl_alpha,
         inp.ignore_index,
-        OBJ=spec.code if has_kd else 0,
+        OBJ=_kernel_objective(spec) if has_kd else 0,
+        BETA_ONE=spec.beta == 1.0,
         HAS_KD=has_kd,
         HAS_CE=has_ce,
         CE_GRAD=has_ce and want_grad and inp.ce_weight != 0.0,
@@ -475,6 +475,15 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         num_warps=cfg.num_warps,
     )
     return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
+
+
+def _kernel_objective(spec: LossSpec) -> int:
+    """The kernel's objective code; the skewed KLs at λ = 0 or 1 are other objectives."""
+    if spec.objective in ("skewed_forward_kl", "skewed_reverse_kl") and spec.skew_lambda in (0.0, 1.0):
+        if spec.skew_lambda == 1.0:
+            return 9  # KL of a distribution with itself: 0
+        return 1 if spec.objective == "skewed_forward_kl" else 2
+    return spec.code
 
 
 def scale_rows_(grad: Tensor, scale: Tensor, active: Tensor) -> None:

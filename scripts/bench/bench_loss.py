@@ -219,7 +219,7 @@ def sweep(args, device) -> None:
                         best[name] = (ms, block, warps, per_sm)
                 print(f"  block {block:5d} warps {warps:2d} per_sm {per_sm:2d}: " + "  ".join(f"{n} {m:.3f}" for n, m in zip(args.objectives, cells)), flush=True)
     for name, (ms, block, warps, per_sm) in best.items():
-        print(f"best {name}: {ms:.3f} ms with block {block}, warps {warps}, programs/SM {per_sm}")
+        print(f"best {name}: {ms:.3f} ms with TODI_TRITON_CONFIG={block},{warps},{per_sm}")
 
 
 def print_table(rows: list[dict], impls: list[str]) -> None:

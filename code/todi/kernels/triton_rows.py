@@ -48,8 +48,22 @@ class KernelConfig:
     search_k: int = 16
 
 
-# Tuned on an H100 with bf16 logits (scripts/bench/bench_loss.py --sweep); the benchmark may override it.
-CONFIG = KernelConfig()
+def _config_from_env() -> KernelConfig:
+    """``TODI_TRITON_CONFIG=block,warps,programs_per_sm`` overrides the defaults (e.g. after a sweep)."""
+    value = os.environ.get("TODI_TRITON_CONFIG")
+    if not value:
+        return KernelConfig()
+    try:
+        block, warps, per_sm = (int(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"TODI_TRITON_CONFIG must be 'block,warps,programs_per_sm', got {value!r}") from None
+    if block & (block - 1) or warps & (warps - 1) or per_sm < 1:
+        raise ValueError(f"TODI_TRITON_CONFIG: block and warps must be powers of two, got {value!r}")
+    return KernelConfig(block=block, num_warps=warps, programs_per_sm=per_sm)
+
+
+# Defaults chosen on an H100 with bf16 logits (scripts/bench/bench_loss.py --sweep).
+CONFIG = _config_from_env()
 # Small blocks keep the CPU interpreter (tests) fast.
 INTERPRET_CONFIG = KernelConfig(block=64, num_warps=1, programs_per_sm=1, search_block=32, search_k=8)
 

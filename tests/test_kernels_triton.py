@@ -210,6 +210,31 @@ def test_strided_views_scalar_upstream_gradient_and_alpha():
 
 
 @needs_triton
+@pytest.mark.parametrize("vocab", [3, 13, 37])
+def test_short_rows_and_rows_with_different_alignments(vocab):
+    """Rows shorter than a 16-byte vector, and a teacher whose rows start at other offsets within one."""
+    s_wide, _ = make_pair(5, vocab + 5, dtype=torch.bfloat16, seed=27, specials=False)
+    _, t_wide = make_pair(5, vocab + 2, dtype=torch.bfloat16, seed=28, specials=False)
+    s, t = s_wide[:, 1 : vocab + 1], t_wide[:, :vocab]
+    labels = torch.tensor([0, vocab - 1, -100, 1, 2], device=DEVICE)
+    for name in ("ToDi", "adaptive_kl"):
+        val, grad = value_and_grad(lambda x: divergence(name, x, t, temperature=1.3, impl="triton"), s)
+        ref_val, ref_grad = value_and_grad(lambda x: divergence(name, x, t, temperature=1.3, impl="reference"), s)
+        torch.testing.assert_close(val, ref_val, rtol=1e-4, atol=1e-5)
+        assert_grads_close(grad, ref_grad, torch.bfloat16)
+    for impl in ("triton", "reference"):
+        leaf = s.clone().requires_grad_(True)
+        crit = DistillationLoss("fkl", kd_rate=0.4, impl=impl)
+        out = crit(leaf, labels, t)
+        out.loss.backward()
+        if impl == "triton":
+            got = (out.loss.detach(), leaf.grad, out.stats["correct"])
+    torch.testing.assert_close(got[0], out.loss.detach(), rtol=1e-4, atol=1e-5)
+    assert_grads_close(got[1], leaf.grad, torch.bfloat16)
+    assert got[2] == out.stats["correct"]
+
+
+@needs_triton
 def test_fused_linear_loss_with_triton_matches_unfused():
     from todi.kernels import fused_linear_loss
 

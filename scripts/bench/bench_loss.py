@@ -195,7 +195,8 @@ def run_cell(impl, name, tokens, vocab, args, device, inputs) -> dict:
 
 
 def sweep(args, device) -> None:
-    """Time Triton launch configurations (block, warps, programs per SM) for the first size."""
+    """Time Triton launch configurations (tile, warps, programs per SM, pipelining stages) for the
+    first size, and print the best as a TODI_TRITON_CONFIG value."""
     from todi.kernels import triton_rows
     from todi.kernels.triton_rows import KernelConfig
 
@@ -203,23 +204,24 @@ def sweep(args, device) -> None:
     inputs = make_inputs(tokens, vocab, args.dtype, device)
     print(f"sweep at {tokens} x {vocab} {args.dtype}: ms fwd+bwd")
     best = {}
-    for block in (2048, 4096):
-        for warps in (8, 16):
-            for per_sm in (1, 2, 4, 32):
-                triton_rows.CONFIG = KernelConfig(block=block, num_warps=warps, programs_per_sm=per_sm)
+    for block, warps in ((2048, 4), (2048, 8), (4096, 8), (4096, 16)):
+        for stages in (1, 2, 3):
+            for per_sm in (2, 64):
+                triton_rows.CONFIG = KernelConfig(block=block, num_warps=warps, programs_per_sm=per_sm, stages=stages)
                 cells = []
                 for name in args.objectives:
                     try:
                         ms, _ = measure(make_fn("triton", name), *inputs, warmup=2, repeats=5)
-                    except Exception as exc:
+                    except Exception as exc:  # e.g. out of registers or shared memory: skip the config
                         ms = math.nan
-                        print(f"  block {block} warps {warps}: {type(exc).__name__}")
+                        print(f"  {block}/{warps}/{per_sm}/{stages}: {type(exc).__name__}: {str(exc)[:120]}")
                     cells.append(ms)
                     if not math.isnan(ms) and ms < best.get(name, (math.inf,))[0]:
-                        best[name] = (ms, block, warps, per_sm)
-                print(f"  block {block:5d} warps {warps:2d} per_sm {per_sm:2d}: " + "  ".join(f"{n} {m:.3f}" for n, m in zip(args.objectives, cells)), flush=True)
-    for name, (ms, block, warps, per_sm) in best.items():
-        print(f"best {name}: {ms:.3f} ms with TODI_TRITON_CONFIG={block},{warps},{per_sm}")
+                        best[name] = (ms, block, warps, per_sm, stages)
+                print(f"  block {block:5d} warps {warps:2d} per_sm {per_sm:2d} stages {stages}: "
+                      + "  ".join(f"{n} {m:.3f}" for n, m in zip(args.objectives, cells)), flush=True)
+    for name, (ms, block, warps, per_sm, stages) in best.items():
+        print(f"best {name}: {ms:.3f} ms with TODI_TRITON_CONFIG={block},{warps},{per_sm},{stages}")
 
 
 def print_table(rows: list[dict], impls: list[str]) -> None:

@@ -125,33 +125,33 @@ def _log_clamped(mix: Tensor) -> Tensor:
 
 
 def _divide(x: Tensor, temp) -> Tensor:
-    """x / T as a new tensor (the reference divides too: same rounding)."""
+    """x / T for log_softmax, which does not modify its input (the reference divides too)."""
     if isinstance(temp, Tensor):
         return x / temp.unsqueeze(-1)
-    return x / temp if temp != 1.0 else x.clone()
+    return x / temp if temp != 1.0 else x
 
 
-def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_grad: bool, want_alpha: bool):
+def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_alpha: bool):
     """Divergence of one chunk (float32 ``[C, V]`` inputs, not modified).
 
-    Returns values ``[C]``, ∂/∂logits ``[C, V]`` (or None), ``Σ p α`` (or None), and, when no entry
-    is ±inf, the student's tempered log-probabilities and probabilities (for the cross-entropy to
-    reuse at temperature 1; else None, None).
+    Returns the values ``[C]``, ``g = ∂f/∂s`` ``[C, V]`` (0 off the kept entries), ``G = Σ g``
+    ``[C, 1]``, the student's tempered probabilities q ``[C, V]``, ``Σ p α`` (or None), and, when
+    no entry is ±inf, the student's tempered log-probabilities (else None). The gradient of the
+    values with respect to the logits is ``(g − q G) / T``.
     """
-    inf_s, inf_t = xs.isinf(), xt.isinf()
-    if bool(inf_s.any()) or bool(inf_t.any()):
+    # a sum is finite exactly when no entry is ±inf or NaN (NaNs then propagate through the masks)
+    if bool(torch.isfinite(xs.sum())) and bool(torch.isfinite(xt.sum())):
+        keep = None  # the common case: every entry counts, no masking anywhere
+        s = torch.log_softmax(_divide(xs, temp), dim=-1)
+        t = torch.log_softmax(_divide(xt, temp), dim=-1)
+        q = s.exp()
+    else:
         # The reference's preprocessing: +inf → −inf, rows without a finite logit, kept entries.
-        keep = ~(inf_s | inf_t)
+        keep = ~(xs.isinf() | xt.isinf())
         s = torch.log_softmax(_scaled(xs, temp), dim=-1)
         t = torch.log_softmax(_scaled(xt, temp), dim=-1).masked_fill_(~keep, 0.0)
         q = s.exp()
         s.masked_fill_(~keep, 0.0)
-    else:  # the common case: every entry counts, no masking anywhere
-        keep = None
-        s = torch.log_softmax(_divide(xs, temp), dim=-1)
-        t = torch.log_softmax(_divide(xt, temp), dim=-1)
-        q = s.exp()
-    del inf_s, inf_t
     f, g, alpha_p = entry_terms(spec, s, t, q, keep, want_alpha)
     del t
     if keep is not None:
@@ -162,18 +162,16 @@ def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_grad: bool, wan
     value = f.sum(-1)
     del f
     alpha = alpha_p.sum(-1) if alpha_p is not None else None
-    grad = None
-    if want_grad:
-        grad = g.sub_(q * g.sum(-1, keepdim=True))
-        grad = grad.div_(temp.unsqueeze(-1) if isinstance(temp, Tensor) else temp)
-    if keep is not None:
-        return value, grad, alpha, None, None
-    return value, grad, alpha, s, q
+    return value, g, g.sum(-1, keepdim=True), q, alpha, (s if keep is None else None)
 
 
 def _rows_view(x: Tensor, idx: Tensor, contiguous: bool, start: int) -> Tensor:
     """Rows ``idx`` of x: a view when they are a contiguous range, else a copy."""
     return x[start : start + idx.numel()] if contiguous else x.index_select(0, idx)
+
+
+def _per_row(value, idx: Tensor):
+    return value.index_select(0, idx) if isinstance(value, Tensor) else value
 
 
 def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool, rows_per_chunk: int | None = None) -> RowsResult:
@@ -187,9 +185,14 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
     ce = torch.zeros(n, dtype=torch.float32, device=device)
     correct = torch.zeros(n, dtype=torch.float32, device=device)
     alpha = torch.zeros(n, dtype=torch.float32, device=device) if want_alpha and spec.objective == "ToDi" else None
-    grad = torch.zeros(n, v_student, dtype=student.dtype, device=device) if want_grad else None
+    active = inp.active_rows()
+    grad = None
+    if want_grad:
+        grad = torch.empty(n, v_student, dtype=student.dtype, device=device)
+        if not bool(active.all()):
+            grad[~active] = 0.0  # rows without a loss term get zeros and nothing else
 
-    rows = inp.active_rows().nonzero().squeeze(1)
+    rows = active.nonzero().squeeze(1)
     if rows.numel() == 0:
         return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
     ce_valid = inp.ce_valid
@@ -199,44 +202,59 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         first = int(idx[0])
         contiguous = int(idx[-1]) - first + 1 == idx.numel()
         xs = _rows_view(student, idx, contiguous, first).float()  # not modified below
-        direct = want_grad and contiguous and grad.dtype == torch.float32
-        grad_c = None
-        if want_grad:
-            grad_c = grad[first : first + idx.numel()] if direct else torch.zeros_like(xs)
-        log_q = q = None
-        if has_kd:
-            on = inp.kd_mask.index_select(0, idx)
-            temp = inp.temperature.index_select(0, idx) if isinstance(inp.temperature, Tensor) else inp.temperature
-            xt = _rows_view(teacher, idx, contiguous, first)[:, :vocab].float()
-            value, g_kd, a, log_q, q = _kd_chunk(spec, xs[:, :vocab], xt, temp, want_grad, alpha is not None)
-            del xt
-            kd.index_copy_(0, idx, torch.where(on, value, 0.0))
-            if a is not None:
-                alpha.index_copy_(0, idx, torch.where(on, a, 0.0))
-            if want_grad:
-                w = inp.kd_weight.index_select(0, idx) if isinstance(inp.kd_weight, Tensor) else inp.kd_weight
-                grad_c[:, :vocab].add_(g_kd.mul_(torch.where(on, w, 0.0).unsqueeze(1)))
-                del g_kd
-            # the cross-entropy's softmax is the divergence's q when nothing differs (T = 1, same V)
-            shared = log_q is not None and vocab == v_student and not isinstance(temp, Tensor) and temp == 1.0
-            if not shared:
-                log_q = q = None
+        grad_c = None  # the chunk's gradient, float32 [C, V_s] (or [C, vocab] while only KD is in)
+        log_q = None
         if has_ce:
             labels = inp.labels.index_select(0, idx)
             valid = ce_valid.index_select(0, idx)
             safe = torch.where(valid, labels, 0).unsqueeze(1)
+            ce_col = torch.where(valid, inp.ce_weight, 0.0).unsqueeze(1)  # the CE weight of each row
+            correct.index_copy_(0, idx, (xs.argmax(-1).eq(labels) & valid).float())
+        if has_kd:
+            on = inp.kd_mask.index_select(0, idx)
+            temp = _per_row(inp.temperature, idx)
+            xt = _rows_view(teacher, idx, contiguous, first)[:, :vocab].float()
+            value, g, G, q, a, log_q = _kd_chunk(spec, xs[:, :vocab], xt, temp, alpha is not None)
+            del xt
+            kd.index_copy_(0, idx, torch.where(on, value, 0.0))
+            if a is not None:
+                alpha.index_copy_(0, idx, torch.where(on, a, 0.0))
+            # the cross-entropy's softmax is q when nothing differs (temperature 1, same vocabulary)
+            shared = log_q is not None and vocab == v_student and not isinstance(temp, Tensor) and temp == 1.0
+            if not shared:
+                log_q = None
+            if want_grad:
+                # kd_w (g − q G) / T, plus, when shared, ce_w q: one pass over g for both
+                coef = torch.where(on, _per_row(inp.kd_weight, idx), 0.0).unsqueeze(1)
+                coef = coef / (temp.unsqueeze(1) if isinstance(temp, Tensor) else temp)
+                q_coef = -(G * coef)
+                if shared and inp.ce_weight != 0.0:
+                    q_coef += ce_col
+                grad_c = g.mul_(coef).addcmul_(q, q_coef)
+            del g, q
+        if has_ce:
             if log_q is None:
                 log_q = torch.log_softmax(xs, dim=-1)
-            ce_rows = log_q.gather(1, safe).squeeze(1).neg_()
-            ce.index_copy_(0, idx, torch.where(valid, ce_rows, 0.0))
-            correct.index_copy_(0, idx, (xs.argmax(-1).eq(labels) & valid).float())
+                shared = False
+            ce.index_copy_(0, idx, torch.where(valid, log_q.gather(1, safe).squeeze(1).neg_(), 0.0))
             if want_grad and inp.ce_weight != 0.0:
                 # ∂CE/∂x = softmax(x) − onehot(label), for rows with a label
-                w = torch.where(valid, inp.ce_weight, 0.0).unsqueeze(1)
-                soft = q if q is not None else log_q.exp_()
-                grad_c.add_(soft.mul_(w))
-                grad_c.scatter_add_(1, safe, -w)
-        del q, log_q
-        if want_grad and not direct:
-            grad.index_copy_(0, idx, grad_c.to(grad.dtype))
+                if grad_c is None:
+                    grad_c = log_q.exp_().mul_(ce_col)
+                elif not shared:
+                    if grad_c.shape[1] != v_student:
+                        grad_c = torch.cat([grad_c, grad_c.new_zeros(grad_c.shape[0], v_student - grad_c.shape[1])], 1)
+                    grad_c.addcmul_(log_q.exp_(), ce_col)
+                grad_c.scatter_add_(1, safe, -ce_col.expand(-1, 1))
+        del log_q
+        if want_grad:
+            if grad_c is None:
+                grad_c = xs.new_zeros(xs.shape)
+            elif grad_c.shape[1] != v_student:  # KD over a prefix of the vocabulary, no CE gradient
+                grad_c = torch.cat([grad_c, grad_c.new_zeros(grad_c.shape[0], v_student - grad_c.shape[1])], 1)
+            if contiguous:
+                grad[first : first + idx.numel()].copy_(grad_c)
+            else:
+                grad.index_copy_(0, idx, grad_c.to(grad.dtype))
+            del grad_c
     return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)

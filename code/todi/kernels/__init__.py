@@ -7,8 +7,16 @@ Implementations (``impl``):
   student logits computed during the forward; only per-position values and that gradient are
   kept (:mod:`todi.kernels.chunked`). Default on CPU, fallback everywhere.
 * ``"triton"``: CUDA kernels with an online log-sum-exp, three passes over the logits for every
-  objective, more for AKL's tail search (:mod:`todi.kernels.triton_rows`).
+  objective, more for AKL's tail search (:mod:`todi.kernels.triton_rows`; launch settings from
+  ``TODI_TRITON_CONFIG=block,warps,programs_per_sm[,stages]`` when set).
 * ``"auto"``: triton for CUDA tensors when triton imports, else chunked.
+
+The cross-entropy can be fused in (:func:`loss_rows`, used by the criterion): the student's
+log-sum-exp is shared when the temperature is 1, and the gradient of the weighted CE + KD is
+written once. AKL's head/tail split follows the reference's stable sort: of teacher
+probabilities tied at the tail boundary, the lower vocabulary indices go to the tail first (the
+chunked path sorts; the Triton path searches the boundary value without sorting and ranks the
+ties in vocabulary order, equal up to float32 rounding of the cumulative mass at the boundary).
 
 The chunked and Triton paths return the reference's values and its autograd gradient for the
 student logits. They do not differentiate with respect to the teacher logits or a temperature

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from todi.divergences import PARAMS, Temperature, canonical_name, divergence, todi_alpha
+from todi import kernels
+from todi.divergences import IMPLEMENTATIONS, PARAMS, Temperature, canonical_name, divergence, todi_alpha
 
 __all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "loss_scale"]
 
@@ -95,7 +96,10 @@ class DistillationLoss:
         objective: a divergence name (official or alias), or None for plain SFT (cross-entropy).
         kd_rate: weight of the divergence; 0 gives SFT through the same code path.
         temperature: KD temperature, applied to both logits (no T² factor, as the official code).
-        impl: divergence implementation ("auto", "reference", "chunked", "triton").
+        impl: loss implementation ("auto", "reference", "chunked", "triton"). Except for
+            "reference", the cross-entropy and the divergence are computed together by
+            :mod:`todi.kernels` (one memory-efficient pass over the logits, gradient computed in the
+            forward); "reference" is F.cross_entropy plus the plain divergences under autograd.
         planner: optional :class:`TokenPlanner` (AdaKD) choosing tokens, temperatures and weights.
         **params: objective parameters (beta, skew_lambda, adaptive_kl_alpha); only those the
             objective takes are allowed.
@@ -121,6 +125,8 @@ class DistillationLoss:
             unknown = set(params) - set(PARAMS[self.objective])
             if unknown:
                 raise TypeError(f"{self.objective} does not take {sorted(unknown)}")
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
         self.kd_rate = float(kd_rate)
         self.temperature = float(temperature)
         self.impl = impl
@@ -152,6 +158,62 @@ class DistillationLoss:
         """
         if student_logits.shape[:-1] != labels.shape:
             raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
+        if self.uses_teacher:
+            if teacher_logits is None:
+                raise ValueError(f"objective {self.objective} with kd_rate {self.kd_rate} needs teacher logits")
+            if teacher_logits.shape[:-1] != student_logits.shape[:-1]:
+                raise ValueError(
+                    f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
+                    f"{tuple(student_logits.shape)} in their leading dimensions"
+                )
+        impl = kernels.resolve(self.impl, student_logits)
+        if impl == "reference":
+            return self._reference(student_logits, labels, teacher_logits, diagnostics)
+        return self._rows(impl, student_logits, labels, teacher_logits, diagnostics)
+
+    def _plan(self, student_kd: Tensor, teacher_kd: Tensor, mask: Tensor) -> KDPlan:
+        if self.planner is not None:
+            return self.planner.plan(student_kd, teacher_kd, mask, self.temperature)
+        return KDPlan(mask=mask, temperature=self.temperature)
+
+    def _rows(self, impl: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, diagnostics: bool) -> LossOutput:
+        """CE and KD in one memory-efficient pass over the logits (:mod:`todi.kernels`)."""
+        mask = labels.ne(self.ignore_index)
+        shape = labels.shape
+        student = kernels.as_rows(student_logits)
+        ce_weight = 1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0
+        plan, spec, teacher, vocab = None, kernels.LossSpec(None), None, student.shape[1]
+        kd_weight: float | Tensor = 0.0
+        if self.uses_teacher:
+            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+            plan = self._plan(student_logits[..., :vocab], teacher_logits[..., :vocab], mask)
+            spec = kernels.LossSpec.make(self.objective, self.params)
+            teacher = kernels.as_rows(teacher_logits)
+            kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
+        inp = kernels.RowsInput(
+            student=student,
+            teacher=teacher,
+            vocab=vocab,
+            labels=labels.reshape(-1),
+            kd_mask=plan.mask.reshape(-1) if plan is not None else None,
+            temperature=kernels.per_row(plan.temperature if plan is not None else 1.0, shape, student.device),
+            kd_weight=kernels.per_row(kd_weight, shape, student.device),
+            ce_weight=ce_weight,
+            ignore_index=self.ignore_index,
+        )
+        rows = kernels.loss_rows(impl, spec, inp, want_alpha=diagnostics and self.objective == "ToDi")
+        stats = {"ce": rows.ce.sum(), "correct": rows.correct.sum()}
+        if plan is not None:
+            kd_rows = rows.kd if plan.weight is None else rows.kd * plan.weight.reshape(-1).float()
+            stats["kd"] = kd_rows.sum()
+            stats["kd_tokens"] = plan.mask.sum().float()
+            stats.update(plan.stats)
+            if rows.alpha is not None:
+                stats["todi_alpha"] = rows.alpha.sum()
+        return LossOutput(loss=rows.loss.sum(), num_tokens=mask.sum(), stats=stats)
+
+    def _reference(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, diagnostics: bool) -> LossOutput:
+        """The plain path: F.cross_entropy and the reference divergences under autograd."""
         mask = labels.ne(self.ignore_index)
         num_tokens = mask.sum()
 
@@ -167,28 +229,17 @@ class DistillationLoss:
         if not self.uses_teacher:
             return LossOutput(loss=ce, num_tokens=num_tokens, stats=stats)
 
-        if teacher_logits is None:
-            raise ValueError(f"objective {self.objective} with kd_rate {self.kd_rate} needs teacher logits")
-        if teacher_logits.shape[:-1] != student_logits.shape[:-1]:
-            raise ValueError(
-                f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
-                f"{tuple(student_logits.shape)} in their leading dimensions"
-            )
         vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
         student_kd = student_logits[..., :vocab]
         teacher_kd = teacher_logits[..., :vocab]
-
-        if self.planner is not None:
-            plan = self.planner.plan(student_kd, teacher_kd, mask, self.temperature)
-        else:
-            plan = KDPlan(mask=mask, temperature=self.temperature)
+        plan = self._plan(student_kd, teacher_kd, mask)
         per_token = divergence(
             self.objective,
             student_kd,
             teacher_kd,
             temperature=plan.temperature,
             mask=plan.mask,
-            impl=self.impl,
+            impl="reference",
             **self.params,
         )
         if plan.weight is not None:

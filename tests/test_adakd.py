@@ -428,3 +428,21 @@ def test_two_ranks_keep_the_same_ratio(tmp_path):
         single.update(a * na / r + b * nb / r, na + nb)
         ratios.append(single.ratio)
     assert ratios == rank0["ratios"]
+
+
+@pytest.mark.parametrize("difficulty_name", ["hellinger", "forward_kl", "reverse_kl", "cross_entropy"])
+def test_every_difficulty_runs_through_the_criterion_on_both_paths(difficulty_name):
+    """The criterion hands the labels to the planner (the cross_entropy difficulty needs them)."""
+    student, teacher = logits_pair(seed=17)
+    mask = response_mask(seed=17)
+    labels = torch.where(mask, torch.randint(0, V, mask.shape, generator=torch.Generator().manual_seed(2)), -100)
+    outs = []
+    for impl in ("reference", "chunked"):
+        adakd = adakd_with_ratio(0.5, difficulty=difficulty_name)
+        logits = student.clone().requires_grad_(True)
+        out = DistillationLoss("ToDi", kd_rate=0.5, temperature=2.0, planner=adakd, impl=impl)(logits, labels, teacher)
+        out.loss.backward()
+        outs.append((out.loss, out.stats["kd_tokens"], logits.grad))
+    assert outs[0][1] == math.ceil(0.5 * int(mask.sum()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -152,7 +152,8 @@ def test_kd_rate_one_keeps_ce_as_statistic_only():
 
 def test_planner_mask_temperature_and_weight_are_applied():
     class Half:
-        def plan(self, student_logits, teacher_logits, mask, temperature):
+        def plan(self, student_logits, teacher_logits, mask, temperature, *, labels):
+            assert labels.shape == mask.shape
             keep = mask.clone()
             keep[:, ::2] = False
             temps = torch.full(mask.shape, 1.5)

@@ -65,7 +65,9 @@ class KDPlan:
 class TokenPlanner(Protocol):
     """Decides the KD plan of a micro-batch (implemented by :class:`todi.adakd.AdaKD`)."""
 
-    def plan(self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> KDPlan: ...
+    def plan(
+        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float, *, labels: Tensor
+    ) -> KDPlan: ...
 
 
 def loss_scale(global_tokens: Tensor | int, grad_accum_steps: int, world_size: int) -> Tensor | float:
@@ -171,9 +173,9 @@ class DistillationLoss:
             return self._reference(student_logits, labels, teacher_logits, diagnostics)
         return self._rows(impl, student_logits, labels, teacher_logits, diagnostics)
 
-    def _plan(self, student_kd: Tensor, teacher_kd: Tensor, mask: Tensor) -> KDPlan:
+    def _plan(self, student_kd: Tensor, teacher_kd: Tensor, mask: Tensor, labels: Tensor) -> KDPlan:
         if self.planner is not None:
-            return self.planner.plan(student_kd, teacher_kd, mask, self.temperature)
+            return self.planner.plan(student_kd, teacher_kd, mask, self.temperature, labels=labels)
         return KDPlan(mask=mask, temperature=self.temperature)
 
     def _rows(self, impl: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, diagnostics: bool) -> LossOutput:
@@ -186,7 +188,7 @@ class DistillationLoss:
         kd_weight: float | Tensor = 0.0
         if self.uses_teacher:
             vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-            plan = self._plan(student_logits[..., :vocab], teacher_logits[..., :vocab], mask)
+            plan = self._plan(student_logits[..., :vocab], teacher_logits[..., :vocab], mask, labels)
             spec = kernels.LossSpec.make(self.objective, self.params)
             teacher = kernels.as_rows(teacher_logits)
             kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
@@ -232,7 +234,7 @@ class DistillationLoss:
         vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
         student_kd = student_logits[..., :vocab]
         teacher_kd = teacher_logits[..., :vocab]
-        plan = self._plan(student_kd, teacher_kd, mask)
+        plan = self._plan(student_kd, teacher_kd, mask, labels)
         per_token = divergence(
             self.objective,
             student_kd,

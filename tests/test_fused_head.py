@@ -82,7 +82,7 @@ def test_fused_refuses_what_it_cannot_do(tiny_gpt2):
     ids, attention, labels, teacher = batch(model.config.vocab_size, model.config.vocab_size)
 
     class Planner:
-        def plan(self, student_logits, teacher_logits, mask, temperature):
+        def plan(self, student_logits, teacher_logits, mask, temperature, *, labels):
             return KDPlan(mask=mask, temperature=temperature)
 
     with pytest.raises(ValueError, match="planner"):

@@ -227,7 +227,7 @@ def test_rows_with_cross_entropy_match_reference(name, params, temperature, voca
 class _Planner:
     """Half of the tokens, per-position temperatures and weights: what AdaKD hands the criterion."""
 
-    def plan(self, student_logits, teacher_logits, mask, temperature):
+    def plan(self, student_logits, teacher_logits, mask, temperature, *, labels):
         keep = mask.clone()
         keep[:, ::2] = False
         temps = torch.linspace(0.7, 2.5, mask.numel()).view(mask.shape)

@@ -20,13 +20,7 @@ import evaluate as evaluate_cli  # noqa: E402  (code/evaluate.py)
 LENGTHS = ["--max-length", "72", "--max-prompt-length", "64"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,18 @@ NO_DROPOUT = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 SMALL_GPT2 = dict(n_layer=2, n_embd=32, n_head=2, n_positions=512, **NO_DROPOUT)
 
 
+DIST_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+def subprocess_env(**extra: str) -> dict:
+    """os.environ without the process-group variables of the in-process runs (their port is taken)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARIABLES}
+    env.update(extra)
+    return env
+
+
 def make_gpt2_pair(shared_dir: Path, out: Path) -> tuple[Path, Path]:
     from todi.models import save_random_model
 

@@ -66,13 +66,14 @@ def test_kd_first_step_loss_matches_the_criterion(objective, process_group, pair
 def test_sft_run_with_dev_evaluation_and_keep_best(process_group, pair, dolly, tmp_path):
     student, _ = pair
     run = tmp_path / "run"
-    train(cli(student, dolly, run, num_epochs=3, do_valid=True, eval_gen=True, do_sample=True,
-              eval_gen_repeat_times=1, keep_best_n_checkpoints=2, eval_batch_size=3, lr=5e-3,
-              max_length=80, max_prompt_length=64))
+    flags = dict(num_epochs=3, do_valid=True, eval_gen=True, do_sample=True, eval_gen_repeat_times=1,
+                 keep_best_n_checkpoints=2, eval_batch_size=3, max_length=72, max_prompt_length=64,
+                 gradient_accumulation_steps=1, batch_size=4, dev_num=2)
+    train(cli(student, dolly, run, lr=5e-3, **flags))
     train_log, dev = read_metrics(run), read_metrics(run, "dev")
     assert [r["step"] for r in train_log] == list(range(1, 13)) and "kd" not in train_log[0]
-    assert train_log[0]["loss"] == pytest.approx(first_step_loss(student, dolly, max_length=80, max_prompt_length=64),
-                                                 rel=1e-5)
+    assert train_log[0]["loss"] == pytest.approx(first_step_loss(student, dolly, max_length=72, max_prompt_length=64,
+                                                                 batch_size=4, grad_accum=1), rel=1e-5)
     assert train_log[-1]["loss"] < train_log[0]["loss"]
     assert [r["epoch"] for r in dev] == [1, 2, 3] and all(0 <= r["rougeL"] <= 100 for r in dev)
     kept = sorted(p.name for p in run.iterdir() if p.name.startswith("epoch"))
@@ -82,7 +83,7 @@ def test_sft_run_with_dev_evaluation_and_keep_best(process_group, pair, dolly, t
     assert kept == sorted(f"epoch{r['epoch']}_step{r['step']}_loss{r['loss']:.4f}_rougel{r['rougeL']:.4f}"
                           for r in ranked)
     args = json.loads((run / "args.json").read_text())
-    assert args["world_size"] == 1 and args["deepspeed"]["train_micro_batch_size_per_gpu"] == 2
+    assert args["world_size"] == 1 and args["deepspeed"]["train_micro_batch_size_per_gpu"] == 4
     from transformers import AutoModelForCausalLM
 
     from todi.models import load_tokenizer
@@ -92,6 +93,13 @@ def test_sft_run_with_dev_evaluation_and_keep_best(process_group, pair, dolly, t
     initial = AutoModelForCausalLM.from_pretrained(student)
     assert not torch.equal(trained.transformer.h[0].mlp.c_fc.weight, initial.transformer.h[0].mlp.c_fc.weight)
     assert load_tokenizer(best).eos_token_id == 50256
+    # the same command again finds the finished state and does nothing
+    before = (run / "metrics.jsonl").read_text()
+    train(cli(student, dolly, run, lr=5e-3, **flags))
+    assert (run / "metrics.jsonl").read_text() == before
+    # ... but not with other settings
+    with pytest.raises(SystemExit, match=r"holds the state of a different run \(lr: 0.005 -> 0.001\)"):
+        train(cli(student, dolly, run, **flags))
 
 
 def test_gradient_accumulation_normalises_by_the_step_tokens(process_group, pair, dolly, tmp_path):
@@ -112,7 +120,8 @@ def test_gradient_accumulation_normalises_by_the_step_tokens(process_group, pair
 def test_fixed_padding_gives_the_same_losses(process_group, pair, dolly, tmp_path):
     """--pad-to-max-length (the official collation) and dynamic padding: the same run."""
     student, teacher = pair
-    common = dict(teacher=teacher, objective="ToDi", total_iters=2, max_length=96, max_prompt_length=64)
+    common = dict(teacher=teacher, objective="ToDi", total_iters=2, max_length=96, max_prompt_length=64,
+                  gradient_accumulation_steps=1)
     train(cli(student, dolly, tmp_path / "dynamic", **common))
     train(cli(student, dolly, tmp_path / "fixed", pad_to_max_length=True, **common))
     dynamic, fixed = read_metrics(tmp_path / "dynamic"), read_metrics(tmp_path / "fixed")
@@ -125,7 +134,7 @@ def test_fixed_512_padding_gives_the_same_per_example_losses(pair, shared_dir):
     from todi.criterion import DistillationLoss
     from todi.data import Collator, load_split
     from todi.models import load_model, load_tokenizer
-    from todi.trainer import student_loss, teacher_forward
+    from todi.trainer import teacher_forward
 
     student, teacher = pair
     tok = load_tokenizer(student)
@@ -134,15 +143,14 @@ def test_fixed_512_padding_gives_the_same_per_example_losses(pair, shared_dir):
     criterion = DistillationLoss("ToDi", kd_rate=0.5, temperature=2.0)
     widths, losses = [], []
     for pad_to in (None, 512):
-        collate = Collator(pad_id=tok.pad_token_id, pad_to=pad_to)
-        per_example = []
-        for example in split.examples:
-            batch = collate([example, split.examples[0]])  # padded against another example
-            with torch.no_grad():
-                out = student_loss(s_model, batch, criterion, teacher_forward(t_model, batch))
-            per_example.append(out.loss.item() / out.num_tokens.item())
+        batch = Collator(pad_id=tok.pad_token_id, pad_to=pad_to)(split.examples)
+        with torch.no_grad():
+            logits = s_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            t_logits = teacher_forward(t_model, batch)
+            # one example at a time through the criterion, from the same padded forward passes
+            losses.append([criterion(logits[i:i + 1], batch.labels[i:i + 1], t_logits[i:i + 1]).loss.item()
+                           for i in range(len(split.examples))])
         widths.append(batch.input_ids.shape[1])
-        losses.append(per_example)
     assert widths[0] % 8 == 0 and widths[0] < 512 and widths[1] == 512
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -198,5 +206,7 @@ def test_input_errors_are_reported_without_training(process_group, pair, dolly, 
         train(cli(student, dolly, tmp_path / "run", teacher=teacher, objective="ToDi", teacher_model_fp16=True))
     with pytest.raises(SystemExit, match="needs --teacher-model-path"):
         train(cli(student, dolly, tmp_path / "run", criterion="various_divergence"))
+    with pytest.raises(SystemExit, match="--resume: no resumable state"):
+        train(cli(student, dolly, tmp_path / "fresh", resume=True))
     with pytest.raises(SystemExit, match="unknown divergence"):
         train(cli(student, dolly, tmp_path / "run", teacher=teacher, objective="kl_plus"))

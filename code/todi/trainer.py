@@ -394,10 +394,12 @@ class Trainer:
         if self.adakd is not None:
             record.update({f"adakd_{k}": v for k, v in self.adakd.log_stats().items()})
         record.update({
-            "step_time": elapsed / max(steps / self.env.world_size, 1.0),
-            "examples_per_s": examples / elapsed, "tokens_per_s": input_tokens / elapsed,
-            "elapsed": now - self._start_time,
+            "step_time": elapsed / max(steps / self.env.world_size, 1.0), "examples": int(examples),
+            "input_tokens": int(input_tokens), "examples_per_s": examples / elapsed,
+            "tokens_per_s": input_tokens / elapsed, "elapsed": now - self._start_time,
         })
+        if self.env.device.type == "cuda":
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
         logger.info("train | " + format_record(record))
         self.log_file.write({"split": "train", **record})
 

@@ -210,3 +210,39 @@ def test_input_errors_are_reported_without_training(process_group, pair, dolly, 
         train(cli(student, dolly, tmp_path / "fresh", resume=True))
     with pytest.raises(SystemExit, match="unknown divergence"):
         train(cli(student, dolly, tmp_path / "run", teacher=teacher, objective="kl_plus"))
+
+
+def test_the_step_path_never_reads_device_values(process_group, pair, dolly, tmp_path, monkeypatch):
+    """No .item()/.tolist()/float()/bool() on tensors from this project's code during optimizer steps
+    (on a GPU each would stall the host until the device catches up); the log step reduces once."""
+    from pathlib import Path
+
+    import todi
+    from todi.args import parse_args
+    from todi.trainer import Trainer
+
+    student, teacher = pair
+    args = parse_args([str(a) for a in cli(student, dolly, tmp_path / "run", teacher=teacher, objective="ToDi",
+                                           log_interval=2)])
+    trainer = Trainer(args, process_group)
+    trainer._start_time = trainer._last_log_time = 0.0
+    plan, batches = trainer._loader(0, 0)
+    package = str(Path(todi.__file__).parent)
+    calls = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            caller = __import__("sys")._getframe(1).f_code
+            if caller.co_filename.startswith(package):
+                calls.append((_name, caller.co_filename.rsplit("/", 1)[-1], caller.co_name))
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    for _ in range(2):
+        trainer._optimizer_step([next(batches) for _ in range(args.gradient_accumulation_steps)], diagnostics=True)
+    assert calls == []
+    trainer.state.global_step = 2
+    trainer._log_interval(0)
+    assert [c for c in calls if c[0] == "tolist"] == [("tolist", "trainer.py", "reduce")]
+    assert {c[2] for c in calls} <= {"reduce", "_log_interval"}  # (the grad norm DeepSpeed keeps)

@@ -149,7 +149,7 @@ def build_models(tokenizer, out_dir: str | Path, *, seed: int = 0, n_positions: 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    sizes = {"teacher": dict(n_layer=4, n_embd=192, n_head=4), "student": dict(n_layer=2, n_embd=96, n_head=4)}
+    sizes = {"teacher": dict(n_layer=4, n_embd=192, n_head=4), "student": dict(n_layer=2, n_embd=128, n_head=4)}
     paths = {}
     for offset, (name, size) in enumerate(sizes.items()):
         config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,

@@ -130,10 +130,10 @@ class Trainer:
             raw_config, micro_batch_size=args.batch_size, grad_accum=args.gradient_accumulation_steps,
             clip_grad=args.clip_grad, world_size=env.world_size,
         )
+        overriding = f" (overriding {'; '.join(changes)})" if changes else ""
         logger.info(f"DeepSpeed config {args.deepspeed_config}: {self.precision}, ZeRO stage {self.zero_stage}; "
-                    "from the command line: micro-batch %d, gradient accumulation %d, clipping %g%s",
-                    args.batch_size, args.gradient_accumulation_steps, args.clip_grad,
-                    f" (overriding {'; '.join(changes)})" if changes else "")
+                    f"from the command line: micro-batch {args.batch_size}, gradient accumulation "
+                    f"{args.gradient_accumulation_steps}, clipping {args.clip_grad:g}{overriding}")
         run_info = {"world_size": env.world_size, "precision": self.precision, "zero_stage": self.zero_stage}
         self.resume_tag = self._resume_decision(run_info)
         self._write_args(run_info)

@@ -80,7 +80,7 @@ def read_metrics(run_dir: Path, split: str = "train") -> list[dict]:
 @torch.no_grad()
 def first_step_loss(student, data_dir, *, teacher=None, objective=None, kd_rate=0.5, temperature=2.0, params=None,
                     batch_size=2, grad_accum=2, world_size=1, seed=10, max_length=64, max_prompt_length=48,
-                    train_num=-1, teacher_adapter=None) -> float:
+                    train_num=-1, teacher_adapter=None, group_by_length=False) -> float:
     """The loss of the first optimizer step, per response token, computed outside the trainer."""
     from todi.batching import epoch_plan
     from todi.criterion import DistillationLoss
@@ -91,7 +91,7 @@ def first_step_loss(student, data_dir, *, teacher=None, objective=None, kd_rate=
     split = load_split(Path(data_dir) / "train.jsonl", tok, max_length=max_length,
                        max_prompt_length=max_prompt_length, limit=train_num)
     plan = epoch_plan([e.length for e in split.examples], seed=seed, epoch=0, batch_size=batch_size,
-                      world_size=world_size, grad_accum=grad_accum)
+                      world_size=world_size, grad_accum=grad_accum, group_by_length=group_by_length)
     collate = Collator(pad_id=tok.pad_token_id)
     s_model = load_model(student).eval()
     t_model = None

@@ -49,11 +49,13 @@ def test_kd_first_step_loss_matches_the_criterion(objective, process_group, pair
     student, teacher = pair
     params = PARAMS.get(objective, {})
     flags = {FLAG[k]: v for k, v in params.items()}
+    grouped = objective == "tvd"  # one of them through the length-grouped plan
     train(cli(student, dolly, tmp_path / "run", teacher=teacher, objective=objective, total_iters=1, kd_rate=0.7,
-              **flags))
+              group_by_length=grouped, **flags))
     logged = read_metrics(tmp_path / "run")
     assert [r["step"] for r in logged] == [1]
-    expected = first_step_loss(student, dolly, teacher=teacher, objective=objective, kd_rate=0.7, params=params)
+    expected = first_step_loss(student, dolly, teacher=teacher, objective=objective, kd_rate=0.7, params=params,
+                               group_by_length=grouped)
     assert logged[0]["loss"] == pytest.approx(expected, rel=1e-5)
     assert logged[0]["kd"] > 0 and (objective != "ToDi" or 0 < logged[0]["todi_alpha"] < 1)
     # a final checkpoint that loads as a plain Hugging Face model
@@ -110,6 +112,8 @@ def test_gradient_accumulation_normalises_by_the_step_tokens(process_group, pair
     train(cli(student, dolly, tmp_path / "b", batch_size=4, gradient_accumulation_steps=1, **common))
     a, b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
     assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    # the gradient itself (before clipping), not only the Adam step that hides its scale
+    assert [r["grad_norm"] for r in a] == pytest.approx([r["grad_norm"] for r in b], rel=1e-4)
     from todi.models import load_model
 
     (ca,), (cb,) = [[p for p in (tmp_path / d).iterdir() if p.name.startswith("epoch")] for d in "ab"]

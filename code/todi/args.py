@@ -192,6 +192,8 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             fail(f"--kd-objective: {e}")
         if args.teacher_model_path is None:
             fail("--criterion various_divergence needs --teacher-model-path")
+        if args.adakd and args.kd_rate == 0:
+            fail("--adakd needs --kd-rate > 0 (it decides which tokens get a KD term)")
     else:
         if args.teacher_model_path is not None or args.teacher_peft_path is not None:
             fail("--criterion cross_entropy (SFT) uses no teacher; drop --teacher-model-path/--teacher-peft-path")

@@ -382,6 +382,7 @@ class Trainer:
         kd_tokens = sums.pop("kd_tokens", None)
         if kd_tokens is not None:
             record["kd"] = sums.pop("kd") / max(kd_tokens, 1.0)
+            record["kd_token_ratio"] = kd_tokens / tokens  # < 1 when a planner (AdaKD) skips tokens
         if "todi_alpha" in sums:
             record["todi_alpha"] = sums.pop("todi_alpha") / max(sums.pop("todi_alpha_tokens"), 1.0)
         record["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -389,8 +390,8 @@ class Trainer:
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         steps, examples, input_tokens = sums.pop("steps"), sums.pop("examples"), sums.pop("input_tokens")
-        for name, value in sums.items():  # what a token planner adds, per KD token
-            record[name] = value / max(kd_tokens or tokens, 1.0)
+        for name, value in sums.items():  # what a token planner adds, per response token
+            record[name] = value / tokens
         if self.adakd is not None:
             record.update({f"adakd_{k}": v for k, v in self.adakd.log_stats().items()})
         record.update({

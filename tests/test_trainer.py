@@ -99,9 +99,11 @@ def test_sft_run_with_dev_evaluation_and_keep_best(process_group, pair, dolly, t
     before = (run / "metrics.jsonl").read_text()
     train(cli(student, dolly, run, lr=5e-3, **flags))
     assert (run / "metrics.jsonl").read_text() == before
-    # ... but not with other settings
+    # ... but not with other settings, unless asked to start over
     with pytest.raises(SystemExit, match=r"holds the state of a different run \(lr: 0.005 -> 0.001\)"):
         train(cli(student, dolly, run, **flags))
+    train(cli(student, dolly, run, no_resume=True, **{**flags, "num_epochs": 1}))
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
 
 
 def test_gradient_accumulation_normalises_by_the_step_tokens(process_group, pair, dolly, tmp_path):

@@ -60,6 +60,10 @@ class MetricsLog:
         self.path = Path(path)
         self.enabled = enabled
 
+    def clear(self) -> None:
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -235,6 +236,8 @@ class Trainer:
         self.metrics = _Metrics(env.device)
         self.epoch_metrics = _Metrics(env.device)
         self.log_file = MetricsLog(self.save_dir / "metrics.jsonl", env.is_main)
+        if self.resume_tag is None:
+            self.log_file.clear()  # a new run: the records of an earlier one would mix in
         self._rng_to_restore = None
         self.state_epoch_sums: dict[str, float] = {}  # epoch sums of steps before the last saved state
         if self.resume_tag is not None:
@@ -255,7 +258,13 @@ class Trainer:
 
     def _resume_decision(self, run_info: dict) -> str | None:
         args = self.args
-        tag = None if args.no_resume else ckpt.resume_tag(self.resume_root)
+        tag = ckpt.resume_tag(self.resume_root)
+        if args.no_resume and tag is not None:
+            barrier()  # every process has read the pointer before it goes
+            if self.env.is_main:
+                shutil.rmtree(self.resume_root)
+                logger.info(f"--no-resume: removed the resumable state in {self.resume_root}")
+            tag = None
         if args.resume and tag is None:
             raise SystemExit(f"--resume: no resumable state in {self.resume_root}")
         if tag is None:
@@ -495,8 +504,6 @@ class Trainer:
             score = float(self.state.global_step)
         for dropped in self.best.add(path, score):
             if self.env.is_main and dropped.is_dir():
-                import shutil
-
                 shutil.rmtree(dropped)
                 logger.info(f"removed {dropped.name} (keeping the best {self.best.n})")
         barrier()

@@ -14,7 +14,7 @@ BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 PYTHON=${PYTHON:-python3}
 GPUS=${GPUS-0}
 NPROC=${NPROC:-$(if [ -n "${GPUS}" ]; then echo "${GPUS}" | tr ',' '\n' | grep -c .; else echo 1; fi)}
-MASTER_PORT=${MASTER_PORT:-$((29500 + RANDOM % 1000))}
+MASTER_PORT=${MASTER_PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])")}   # a free port; set it for multi-node
 # models: a directory with config.json and the tokenizer, plus config overrides (GPT-2 XL by default)
 STUDENT_CONFIG=${STUDENT_CONFIG:-${BASE_PATH}/model_hub/gpt2/gpt2-base}
 STUDENT_OVERRIDES=${STUDENT_OVERRIDES:-}

@@ -18,6 +18,7 @@ import math
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -413,6 +414,13 @@ class Trainer:
         logger.info("train | " + format_record(record))
         self.log_file.write({"split": "train", **record})
 
+    @contextmanager
+    def _untimed(self):
+        """Leave evaluation and saving out of the throughput of the current log interval."""
+        start = time.perf_counter()
+        yield
+        self._last_log_time += time.perf_counter() - start
+
     def train(self) -> None:
         args, state = self.args, self.state
         if state.global_step >= self.total_iters or state.epoch >= self.num_epochs:
@@ -448,16 +456,18 @@ class Trainer:
                     break
                 stop = args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters
                 if stop or (args.state_interval and state.global_step % args.state_interval == 0):
-                    self._save_state()
+                    with self._untimed():
+                        self._save_state()
                 if stop:
                     bar.close()
                     logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
                     return
             bar.close()
-            self._end_of_epoch(epoch, last=state.epoch + 1 >= self.num_epochs or state.global_step >= self.total_iters)
-            state.epoch += 1
-            state.step_in_epoch = 0
-            self._save_state()
+            with self._untimed():
+                self._end_of_epoch(epoch, last=state.epoch + 1 >= self.num_epochs or state.global_step >= self.total_iters)
+                state.epoch += 1
+                state.step_in_epoch = 0
+                self._save_state()
             if args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters:
                 logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
                 return

@@ -48,7 +48,7 @@ def test_teacher_adapter_is_merged_and_frozen(tiny_gpt2_teacher, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     base = load_model(tiny_gpt2_teacher)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", fan_in_fan_out=True))
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.5)  # a non-trivial adapter

@@ -167,7 +167,7 @@ def test_lora_student_with_a_lora_teacher_adapter(process_group, pair, dolly, tm
     from todi.models import load_model
 
     student, teacher = pair
-    adapted = get_peft_model(load_model(teacher), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM"))
+    adapted = get_peft_model(load_model(teacher), LoraConfig(r=4, lora_alpha=8, task_type="CAUSAL_LM", fan_in_fan_out=True))
     for name, p in adapted.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=5.0)  # strong enough to move the teacher's near-uniform outputs

@@ -111,7 +111,12 @@ def build_student(
 
         if gradient_checkpointing:
             model.enable_input_require_grads()
-        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
+        from transformers.pytorch_utils import Conv1D
+
+        # GPT-2 stores its projections transposed (Conv1D): tell peft instead of letting it guess
+        transposed = any(isinstance(m, Conv1D) for m in model.modules())
+        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            fan_in_fan_out=transposed)
         model = get_peft_model(model, config)
     elif peft is not None:
         raise ValueError(f"unsupported peft method {peft!r} (supported: lora)")

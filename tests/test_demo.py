@@ -67,3 +67,11 @@ def test_demo_trains_teacher_and_distils_the_student(tmp_path):
     assert args["teacher_model_path"] == str(teacher[0]) and args["kd_objective"] == "ToDi"
     assert args["world_size"] == 2 and args["precision"] == "fp32"
     assert "demo finished" in result.stdout
+
+
+def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    result = subprocess.run(["bash", str(REPO / "scripts/demo/run_demo.sh")],
+                            env=subprocess_env(DEMO_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not made by the demo" in result.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

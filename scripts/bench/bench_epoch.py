@@ -152,9 +152,9 @@ def run_official(args, student: Path, teacher: Path, data: Path, out: Path, toke
     global_batch = int(args.batch_size) * int(args.grad_acc) * args.nproc
     if not args.keep:
         shutil.rmtree(save, ignore_errors=True)
-    return {"loop": "official", "steps": len(step_times[1:]) * int(args.warmup), "seconds": step * len(step_times[1:]) * int(args.warmup),
-            "examples_per_s": global_batch / step, "tokens_per_s": global_batch / step * tokens_per_example,
-            "step_ms": 1000 * step, "peak_gib": None}
+    steps = len(step_times[1:]) * int(args.warmup)
+    return {"loop": "official", "steps": steps, "seconds": step * steps, "examples_per_s": global_batch / step,
+            "tokens_per_s": global_batch / step * tokens_per_example, "step_ms": 1000 * step, "peak_gib": None}
 
 
 def table(rows: list[dict], baseline: str) -> str:
@@ -194,15 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps and args.steps % args.warmup:
         args.steps += args.warmup - args.steps % args.warmup  # whole log intervals
         print(f"timing {args.steps} steps (a multiple of the {args.warmup}-step log interval)")
+    modes = args.modes.split()
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     student, teacher = build_models(args, out / "models")
     global_batch = int(args.batch_size) * int(args.grad_acc) * args.nproc
     data, n_lines = prepare_data(args, out / "data", global_batch)
-    modes = args.modes.split()
-    unknown = set(modes) - set(MODES)
-    if unknown:
-        raise SystemExit(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     rows = []
     for mode in modes:
         print(f"running this project's loop, {mode} ...", flush=True)

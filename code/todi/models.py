@@ -1,4 +1,4 @@
-"""Loading models and tokenizers (student, teacher, evaluation checkpoints)."""
+"""Loading models and tokenizers (student, teacher, evaluation checkpoints), LoRA, vocabulary checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DTYPES", "load_model", "load_tokenizer", "save_random_model"]
+__all__ = [
+    "DTYPES",
+    "build_student",
+    "build_teacher",
+    "check_vocabularies",
+    "load_model",
+    "load_tokenizer",
+    "optimizer_param_groups",
+    "same_tokenizer",
+    "save_random_model",
+]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -75,3 +85,105 @@ def save_random_model(
     model.save_pretrained(out_dir)
     load_tokenizer(reference_dir).save_pretrained(out_dir)
     return out_dir
+
+
+def build_student(
+    path: str | Path,
+    *,
+    dtype: torch.dtype,
+    peft: str | None = None,
+    lora_r: int = 16,
+    lora_alpha: int = 64,
+    lora_dropout: float = 0.1,
+    gradient_checkpointing: bool = False,
+):
+    """The model to train: all weights, or a fresh LoRA adapter (peft) on frozen weights."""
+    model = load_model(path, dtype=dtype)
+    if gradient_checkpointing:
+        # non-reentrant checkpointing works with frozen inputs (LoRA) and with ZeRO-3
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if peft == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        if gradient_checkpointing:
+            model.enable_input_require_grads()
+        from transformers.pytorch_utils import Conv1D
+
+        # GPT-2 stores its projections transposed (Conv1D): tell peft instead of letting it guess
+        transposed = any(isinstance(m, Conv1D) for m in model.modules())
+        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            fan_in_fan_out=transposed)
+        model = get_peft_model(model, config)
+    elif peft is not None:
+        raise ValueError(f"unsupported peft method {peft!r} (supported: lora)")
+    return model
+
+
+def build_teacher(path: str | Path, *, dtype: torch.dtype, adapter_path: str | Path | None = None):
+    """The frozen teacher in eval mode, with its LoRA adapter merged when one is given."""
+    model = load_model(path, dtype=dtype, adapter_path=adapter_path, merge_adapter=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers turn every text into the same ids (then one tokenisation serves both)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or a.eos_token_id != b.eos_token_id or a.pad_token_id != b.pad_token_id:
+        return False
+    backend_a, backend_b = getattr(a, "backend_tokenizer", None), getattr(b, "backend_tokenizer", None)
+    if backend_a is not None and backend_b is not None:
+        return backend_a.to_str() == backend_b.to_str()
+    return a.get_vocab() == b.get_vocab()
+
+
+def _vocab_size(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_vocabularies(student, teacher, student_tokenizer, teacher_tokenizer) -> int:
+    """Check that student and teacher share a vocabulary; return the compared size min(V_s, V_t).
+
+    Output layers may differ in size when a model pads its vocabulary (Qwen-style): that is fine
+    as long as both cover their tokenizer and every token has the same id for both tokenizers.
+    Anything else would compare unrelated distributions, so it is an error.
+    """
+    v_s, v_t = _vocab_size(student), _vocab_size(teacher)
+    for name, v, tok in (("student", v_s, student_tokenizer), ("teacher", v_t, teacher_tokenizer)):
+        if len(tok) > v:
+            raise ValueError(f"the {name}'s tokenizer has {len(tok)} tokens but its output layer only {v}")
+    if not same_tokenizer(student_tokenizer, teacher_tokenizer):
+        vocab_s, vocab_t = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        differing = [tok for tok, i in vocab_s.items() if vocab_t.get(tok, i) != i]
+        missing = len(vocab_s.keys() ^ vocab_t.keys())
+        if differing or missing:
+            example = f"e.g. {differing[0]!r}: {vocab_s[differing[0]]} vs {vocab_t[differing[0]]}" if differing else ""
+            raise ValueError(
+                f"student and teacher vocabularies differ ({len(differing)} tokens with other ids {example}; "
+                f"{missing} tokens in only one); KD here compares distributions over the same vocabulary "
+                "(cross-tokenizer KD is not supported)"
+            )
+    return min(v_s, v_t)
+
+
+def optimizer_param_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases and norm weights (1-D tensors).
+
+    For GPT-2 this is exactly the official grouping (biases and ln weights undecayed); with LoRA
+    every trainable tensor is a matrix, so all are decayed, as in the official code.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameter")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups

@@ -1,0 +1,214 @@
+"""Command line of ``code/distillation.py``: the official ToDi/DSKD flags first, then this project's.
+
+Official flags keep their names, defaults and meanings. A few official flags are *labels*
+(``--task``, ``--base-path``, ``--model-type``, ``--teacher-model-type``): they are recorded in
+args.json and the log, and the architecture itself is read from each model's config.json. Flags
+that would contradict the single source of truth for the precision (the DeepSpeed config) are
+checked, never ignored: see :func:`check_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from todi.divergences import DIVERGENCES, IMPLEMENTATIONS, canonical_name
+
+__all__ = ["build_parser", "parse_args", "check_args"]
+
+CRITERIA = ("cross_entropy", "various_divergence")
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "noam")
+ADAKD_DIFFICULTIES = ("hellinger", "forward_kl", "reverse_kl", "cross_entropy")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--model-path", required=True, help="student: a Hugging Face model directory")
+    g.add_argument("--model-type", default="gpt2", help="label of the student family (recorded; the architecture comes from config.json)")
+    g.add_argument("--teacher-model-path", default=None, help="teacher: a Hugging Face model directory (KD only)")
+    g.add_argument("--teacher-model-type", default=None, help="label of the teacher family (recorded)")
+    g.add_argument("--teacher-peft-path", default=None, help="LoRA adapter merged into the teacher before training")
+    g.add_argument("--teacher-model-fp16", action="store_true",
+                   help="official flag; the teacher always uses the DeepSpeed config's precision, so this is "
+                        "only accepted together with an fp16 config")
+    g.add_argument("--model-dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                   help="official flag; must agree with the DeepSpeed config's precision when given")
+    g.add_argument("--n-gpu", type=int, default=None,
+                   help="official flag: processes per node; checked against the launcher's when given")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--peft", choices=("lora",), default=None, help="train a LoRA adapter instead of all weights")
+    g.add_argument("--peft-lora-r", type=int, default=16)
+    g.add_argument("--peft-lora-alpha", type=int, default=64)
+    g.add_argument("--peft-lora-dropout", type=float, default=0.1)
+    g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forward")
+
+
+def _runtime_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--task", default=None, help="label of the run (recorded)")
+    g.add_argument("--base-path", default=None, help="project root (recorded)")
+    g.add_argument("--do-train", action="store_true", help="train (this entry point only trains; required)")
+    g.add_argument("--do-valid", action="store_true", help="evaluate on DATA_DIR/dev.jsonl every --eval-interval epochs")
+    g.add_argument("--save-dir", required=True, help="run directory: checkpoints, args.json, metrics.jsonl, resume state")
+    g.add_argument("--log-interval", type=int, default=10, help="optimizer steps between two log lines")
+    g.add_argument("--save-interval", type=int, default=1, help="epochs between two checkpoints")
+    g.add_argument("--eval-interval", type=int, default=1, help="epochs between two dev evaluations")
+    g.add_argument("--keep-best-n-checkpoints", type=int, default=3,
+                   help="keep the N best checkpoints (dev ROUGE-L with --eval-gen, dev loss with --do-valid, "
+                        "else the N latest)")
+    g.add_argument("--criterion", choices=CRITERIA, default="cross_entropy",
+                   help="cross_entropy: SFT; various_divergence: KD with --kd-objective")
+    g.add_argument("--eval-tqdm", action="store_true", help="progress bar during dev generation")
+    g.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; LOCAL_RANK wins")
+    g.add_argument("--resume", action="store_true",
+                   help="resume from SAVE_DIR/resume (an error if there is none); without it a run resumes "
+                        "automatically when that state exists, unless --no-resume")
+    g.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_DIR holds a resumable state")
+    g.add_argument("--state-interval", type=int, default=500,
+                   help="optimizer steps between two resumable states (also written at every epoch end); 0: epoch ends only")
+    g.add_argument("--stop-after-iters", type=int, default=None,
+                   help="leave after this many optimizer steps of this invocation, with a resumable state "
+                        "(for time-limited jobs; rerun the same command to continue)")
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data-dir", required=True, help="directory with train.jsonl and dev.jsonl (prompt, output)")
+    g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes for collation")
+    g.add_argument("--train-num", type=int, default=-1, help="use the first N training examples (-1: all)")
+    g.add_argument("--dev-num", type=int, default=-1, help="use the first N dev examples (-1: all)")
+    g.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (the first ones, as the official code)")
+    g.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (incl. EOS) kept")
+    g.add_argument("--pad-to-max-length", action="store_true",
+                   help="pad every batch to --max-length like the official code (default: to the longest "
+                        "sequence of the batch, rounded up to a multiple of 8; the losses are the same)")
+    g.add_argument("--group-by-length", action="store_true",
+                   help="batches of similar lengths (less padding), shuffled across batches; changes which "
+                        "examples share a step, not the set seen per epoch")
+
+
+def _hp_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("hyper-parameters")
+    g.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
+    g.add_argument("--eval-batch-size", type=int, default=32)
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    g.add_argument("--clip-grad", type=float, default=1.0, help="gradient clipping by global norm (0: off)")
+    g.add_argument("--num-epochs", type=int, default=None)
+    g.add_argument("--total-iters", type=int, default=None,
+                   help="optimizer steps of the schedule (default: steps per epoch × epochs); training "
+                        "stops at whichever of --total-iters and --num-epochs comes first")
+    g.add_argument("--seed", type=int, default=1234, help="one seed for every process (not shifted by rank)")
+    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--lr-min", type=float, default=1e-7, help="final learning rate of the cosine schedule")
+    g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (not on biases and norms)")
+    g.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up steps")
+    g.add_argument("--lr-decay-style", choices=LR_DECAY_STYLES, default="noam")
+    g.add_argument("--kd-rate", type=float, default=0.5, help="weight of the divergence; 1 − kd_rate weighs the CE")
+    g.add_argument("--kd-temperature", type=float, default=1.0, help="applied to both logits, no T² factor")
+    g.add_argument("--kd-objective", default="forward_kl",
+                   help="one of " + ", ".join(DIVERGENCES) + " (or an alias)")
+    g.add_argument("--todi-beta", type=float, default=1.0, help="ToDi: α = sigmoid(β·log(p/q))")
+    g.add_argument("--skew-lambda", type=float, default=0.1, help="skewed KLs: mixing weight λ")
+    g.add_argument("--adaptive-kl-alpha", type=float, default=0.5, help="adaptive KL: tail mass α")
+    g.add_argument("--kd-impl", choices=IMPLEMENTATIONS, default="auto", help="implementation of the divergence")
+
+
+def _generation_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("generation (dev evaluation; use the same values for the test evaluation)")
+    g.add_argument("--eval-gen", action="store_true", help="sample answers to the dev prompts and score ROUGE-L")
+    g.add_argument("--do-sample", action="store_true")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--no-repeat-ngram-size", type=int, default=6)
+    g.add_argument("--dev-no-repeat-ngram-size", type=int, default=None,
+                   help="override --no-repeat-ngram-size for dev generation only (the official code used 0 "
+                        "there); default: the same as the test")
+    g.add_argument("--eval-gen-repeat-times", type=int, default=3,
+                   help="dev ROUGE-L is the mean over this many samplings (seeds SEED, SEED+1, ...)")
+
+
+def _adakd_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("AdaKD (token-adaptive KD)")
+    g.add_argument("--adakd", action="store_true", help="AdaKD token focusing and per-token temperatures")
+    g.add_argument("--adakd-c", type=float, default=0.5)
+    g.add_argument("--adakd-ema", type=float, default=0.99)
+    g.add_argument("--adakd-eps", type=float, default=0.05)
+    g.add_argument("--adakd-delta", type=float, default=0.05)
+    g.add_argument("--adakd-warmup", type=float, default=0.05, help="fraction of the optimizer steps")
+    g.add_argument("--adakd-min-ratio", type=float, default=0.1)
+    g.add_argument("--adakd-difficulty", choices=ADAKD_DIFFICULTIES, default="hellinger")
+
+
+def _deepspeed_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("DeepSpeed")
+    g.add_argument("--deepspeed", action="store_true",
+                   help="official flag; training always runs on DeepSpeed")
+    g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
+                   help="DeepSpeed JSON (precision, ZeRO stage); batch size, accumulation and clipping come "
+                        "from the command line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distillation.py",
+        description="SFT and knowledge distillation (ToDi and the other divergences) on DeepSpeed.",
+        allow_abbrev=False,
+    )
+    for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args):
+        add(parser)
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Cross-flag checks; raises ``SystemExit`` via argparse-style messages (returned for chaining)."""
+
+    def fail(message: str):
+        raise SystemExit(f"distillation.py: error: {message}")
+
+    if not args.do_train:
+        fail("--do-train is required (this entry point trains; evaluate with code/evaluate.py)")
+    if args.num_epochs is None and args.total_iters is None:
+        fail("give --num-epochs or --total-iters")
+    for name in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "log_interval",
+                 "save_interval", "eval_interval", "keep_best_n_checkpoints", "max_length", "max_prompt_length"):
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    for name in ("num_epochs", "total_iters", "stop_after_iters"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if args.state_interval < 0 or args.warmup_iters < 0 or args.num_workers < 0:
+        fail("--state-interval, --warmup-iters and --num-workers must be >= 0")
+    if args.max_prompt_length >= args.max_length:
+        fail(f"--max-prompt-length ({args.max_prompt_length}) must be < --max-length ({args.max_length})")
+    if args.resume and args.no_resume:
+        fail("--resume and --no-resume exclude each other")
+    if not 0.0 <= args.kd_rate <= 1.0:
+        fail(f"--kd-rate must be in [0, 1], got {args.kd_rate}")
+    if args.criterion == "various_divergence":
+        try:
+            args.kd_objective = canonical_name(args.kd_objective)
+        except ValueError as e:
+            fail(f"--kd-objective: {e}")
+        if args.teacher_model_path is None:
+            fail("--criterion various_divergence needs --teacher-model-path")
+        if args.adakd and args.kd_rate == 0:
+            fail("--adakd needs --kd-rate > 0 (it decides which tokens get a KD term)")
+    else:
+        if args.teacher_model_path is not None or args.teacher_peft_path is not None:
+            fail("--criterion cross_entropy (SFT) uses no teacher; drop --teacher-model-path/--teacher-peft-path")
+        if args.adakd:
+            fail("--adakd needs --criterion various_divergence")
+    if args.teacher_peft_path is not None and args.teacher_model_path is None:
+        fail("--teacher-peft-path needs --teacher-model-path")
+    if args.eval_gen and not args.do_valid:
+        fail("--eval-gen needs --do-valid (dev generation is part of the dev evaluation)")
+    if args.eval_gen_repeat_times <= 0:
+        fail("--eval-gen-repeat-times must be > 0")
+    if args.local_rank is not None and "LOCAL_RANK" in os.environ and int(os.environ["LOCAL_RANK"]) != args.local_rank:
+        fail(f"--local_rank {args.local_rank} disagrees with LOCAL_RANK={os.environ['LOCAL_RANK']}")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return check_args(build_parser().parse_args(argv))

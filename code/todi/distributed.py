@@ -1,0 +1,76 @@
+"""Process group, device and the few collectives the trainer needs (NCCL on GPUs, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistEnv", "all_reduce_sum", "barrier", "init_distributed"]
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(timeout_minutes: int = 60) -> DistEnv:
+    """Join (or create) the default process group through DeepSpeed.
+
+    Under torchrun / the deepspeed launcher the environment describes the group; a plain
+    ``python code/distillation.py`` becomes a one-process group. GPUs are used when CUDA sees
+    any (one per local rank), the CPU otherwise.
+    """
+    import deepspeed
+
+    if "RANK" not in os.environ:  # started without a launcher: a group of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"local rank {local_rank} but only {torch.cuda.device_count()} visible GPU(s): "
+                "start at most one process per GPU (NPROC) or list more GPUs (GPUS)"
+            )
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+    world_size = dist.get_world_size()
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return DistEnv(dist.get_rank(), world_size, local_rank, local_world_size, device)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """In-place sum over all processes (no host synchronisation on GPUs); returns the tensor."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The whole pipeline on a laptop CPU in a few minutes (`make demo`): builds a small instruction
+# dataset, a tokenizer and tiny random GPT-2 models (python -m todi.demo, no downloads), fine-tunes
+# the teacher, distils the student with KD_OBJ (and trains the same student with plain SFT for
+# comparison), evaluates ROUGE-L on the demo's test set and prints a table. Training goes through
+# the paper's scripts (scripts/gpt2/*.sh) with environment overrides; evaluation through
+# scripts/eval/run_eval.sh and code/report.py. Every setting below can be set from the environment.
+set -eo pipefail
+
+BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+DEMO_DIR=${DEMO_DIR:-${BASE_PATH}/outputs/demo}
+PYTHON=${PYTHON:-python3}
+# launcher: the CPU (GPUS empty) with two processes, i.e. real data parallelism over gloo
+GPUS=${GPUS-}
+NPROC=${NPROC:-2}
+# data and training
+NUM_TRAIN=${NUM_TRAIN:-2000}
+NUM_DEV=${NUM_DEV:-100}
+NUM_VALID=${NUM_VALID:-100}
+KD_OBJ=${KD_OBJ:-ToDi}
+TEACHER_EPOCHS=${TEACHER_EPOCHS:-6}
+STUDENT_EPOCHS=${STUDENT_EPOCHS:-5}
+BATCH_SIZE=${BATCH_SIZE:-16}
+LR=${LR:-0.002}
+PRECISION=${PRECISION:-fp32}
+STUDENT_SFT=${STUDENT_SFT:-1}   # 1: also train the student without a teacher, for comparison
+# evaluation
+RUN_EVAL=${RUN_EVAL:-1}         # 0: train only
+SEEDS=${SEEDS:-10}
+EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-64}
+
+START=$(date +%s)
+say() { echo "==> $*"; }
+best_checkpoint() {  # the checkpoint a run kept (SAVE_BEST_N_CKPTS=1)
+    find "$1" -maxdepth 1 -type d -name 'epoch*' | sort | tail -n 1
+}
+
+# start from scratch, but only ever delete a directory an earlier demo made
+if [ -e "${DEMO_DIR}" ] && [ -n "$(ls -A "${DEMO_DIR}")" ] && [ ! -f "${DEMO_DIR}/.todi-demo" ]; then
+    echo "${DEMO_DIR} exists and was not made by the demo; set DEMO_DIR to another directory" >&2
+    exit 2
+fi
+rm -rf "${DEMO_DIR}"
+mkdir -p "${DEMO_DIR}" && touch "${DEMO_DIR}/.todi-demo"
+say "building the demo data, tokenizer and models in ${DEMO_DIR}"
+PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.demo "${DEMO_DIR}" \
+    --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid "${NUM_VALID}"
+
+# what every training run shares (the paper's scripts read these from the environment)
+TRAIN_ENV=(BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" BATCH_SIZE="${BATCH_SIZE}" LR="${LR}"
+           PRECISION="${PRECISION}" DATA_DIR="${DEMO_DIR}/data/demo" GRAD_ACC=1 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE}"
+           DEV_NUM="${NUM_DEV}" EVAL_GEN_REPEAT=1 LOG_INTERVAL=25 SAVE_BEST_N_CKPTS=1)
+
+say "1/3: SFT of the teacher (${TEACHER_EPOCHS} epochs)"
+env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/teacher" SAVE_PATH="${DEMO_DIR}/runs/teacher_sft" \
+    EPOCH="${TEACHER_EPOCHS}" bash "${BASE_PATH}/scripts/gpt2/sft_gpt2_base.sh"
+TEACHER=$(best_checkpoint "${DEMO_DIR}/runs/teacher_sft")
+
+say "2/3: KD of the student from ${TEACHER##*/} with ${KD_OBJ} (${STUDENT_EPOCHS} epochs)"
+env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" TEACHER_MODEL_PATH="${TEACHER}" KD_OBJ="${KD_OBJ}" \
+    SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}" EPOCH="${STUDENT_EPOCHS}" \
+    bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
+CHECKPOINTS=("${TEACHER}" "$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}")")
+
+if [ "${STUDENT_SFT}" = 1 ]; then
+    say "3/3: SFT of the student without a teacher, the baseline (${STUDENT_EPOCHS} epochs)"
+    env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" SAVE_PATH="${DEMO_DIR}/runs/student_sft" \
+        EPOCH="${STUDENT_EPOCHS}" bash "${BASE_PATH}/scripts/gpt2/sft_gpt2_base.sh"
+    CHECKPOINTS+=("$(best_checkpoint "${DEMO_DIR}/runs/student_sft")")
+fi
+
+if [ "${RUN_EVAL}" = 1 ]; then
+    for ckpt in "${CHECKPOINTS[@]}"; do
+        say "evaluating ${ckpt#"${DEMO_DIR}"/}"
+        env BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" EVAL_DATA_DIR="${DEMO_DIR}/data" \
+            EVAL_SETS=demo SEEDS="${SEEDS}" bash "${BASE_PATH}/scripts/eval/run_eval.sh" "${ckpt}" "${EVAL_BATCH_SIZE}"
+    done
+    say "results (ROUGE-L on ${NUM_VALID} held-out demo instructions)"
+    "${PYTHON}" "${BASE_PATH}/code/report.py" "${DEMO_DIR}/runs"
+fi
+say "demo finished in $(( $(date +%s) - START ))s; everything is in ${DEMO_DIR}"

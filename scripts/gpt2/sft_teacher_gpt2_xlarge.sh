@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# SFT of the GPT-2 XL teacher on Dolly (MiniLLM's teacher recipe: lr 5e-5, 10 epochs, global batch 32).
+# Every setting below can be set from the environment; GPUS= (empty) runs on the CPU.
+set -eo pipefail
+
+# launcher
+GPUS=${GPUS-0,1,2,3}
+NPROC=${NPROC:-$(if [ -n "${GPUS}" ]; then echo "${GPUS}" | tr ',' '\n' | grep -c .; else echo 1; fi)}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+MASTER_PORT=${MASTER_PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])")}   # a free port; set it for multi-node
+# model
+BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+CKPT_TYPE=${CKPT_TYPE:-gpt2}
+CKPT_NAME=${CKPT_NAME:-gpt2-xlarge}
+CKPT_PATH=${CKPT_PATH:-${BASE_PATH}/model_hub/${CKPT_TYPE}/${CKPT_NAME}}
+# data
+DATA_DIR=${DATA_DIR:-${BASE_PATH}/data/dolly/}
+DEV_NUM=${DEV_NUM:-1000}
+# task
+TASK=${TASK:-sft}
+# hp
+BATCH_SIZE=${BATCH_SIZE:-4}
+LR=${LR:-0.00005}
+GRAD_ACC=${GRAD_ACC:-2}
+EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-16}
+EPOCH=${EPOCH:-10}
+# length
+MAX_LENGTH=${MAX_LENGTH:-512}
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}
+# runtime
+PRECISION=${PRECISION:-$(if [ -n "${GPUS}" ]; then echo bf16; else echo fp32; fi)}
+ZERO_STAGE=${ZERO_STAGE:-1}
+DS_CONFIG=${DS_CONFIG:-${BASE_PATH}/configs/deepspeed/ds_config_zero${ZERO_STAGE}_${PRECISION}.json}
+CRITERION=${CRITERION:-cross_entropy}
+LOG_INTERVAL=${LOG_INTERVAL:-50}
+EVAL_GEN_REPEAT=${EVAL_GEN_REPEAT:-3}
+SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
+CONFIG=${CONFIG:-default-${PRECISION}}
+SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
+SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
+# seed
+SEED=${SEED:-10}
+EXTRA_OPTS=${EXTRA_OPTS:-}
+
+OPTS=""
+# model
+OPTS+=" --base-path ${BASE_PATH}"
+OPTS+=" --model-path ${CKPT_PATH}"
+OPTS+=" --model-type ${CKPT_TYPE}"
+# OPTS+=" --gradient-checkpointing"
+# data
+OPTS+=" --data-dir ${DATA_DIR}"
+OPTS+=" --num-workers 0"
+OPTS+=" --dev-num ${DEV_NUM}"
+# task
+OPTS+=" --task ${TASK}"
+# hp
+OPTS+=" --lr ${LR}"
+OPTS+=" --batch-size ${BATCH_SIZE}"
+OPTS+=" --eval-batch-size ${EVAL_BATCH_SIZE}"
+OPTS+=" --gradient-accumulation-steps ${GRAD_ACC}"
+OPTS+=" --warmup-iters 0"
+OPTS+=" --lr-decay-style cosine"
+OPTS+=" --weight-decay 1e-2"
+OPTS+=" --clip-grad 1.0"
+OPTS+=" --num-epochs ${EPOCH}"
+# length
+OPTS+=" --max-length ${MAX_LENGTH}"
+OPTS+=" --max-prompt-length ${MAX_PROMPT_LENGTH}"
+# runtime
+OPTS+=" --do-train"
+OPTS+=" --do-valid"
+OPTS+=" --eval-gen"
+OPTS+=" --eval-gen-repeat-times ${EVAL_GEN_REPEAT}"
+OPTS+=" --save-interval 1"
+OPTS+=" --eval-interval 1"
+OPTS+=" --log-interval ${LOG_INTERVAL}"
+OPTS+=" --save-dir ${SAVE_PATH}"
+OPTS+=" --keep-best-n-checkpoints ${SAVE_BEST_N_CKPTS}"
+OPTS+=" --criterion ${CRITERION}"
+# seed
+OPTS+=" --seed ${SEED}"
+# deepspeed
+OPTS+=" --deepspeed"
+OPTS+=" --deepspeed_config ${DS_CONFIG}"
+# gen
+OPTS+=" --do-sample"
+OPTS+=" --top-k 0"
+OPTS+=" --top-p 1.0"
+OPTS+=" --temperature 1.0"
+OPTS+=" ${EXTRA_OPTS}"
+
+export CUDA_VISIBLE_DEVICES=${GPUS}
+export WANDB_DISABLED=True
+export TOKENIZERS_PARALLELISM=false
+mkdir -p "${SAVE_PATH}"
+CMD="torchrun --nproc_per_node ${NPROC} --nnodes ${NNODES} --node_rank ${NODE_RANK} --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT} ${BASE_PATH}/code/distillation.py ${OPTS}"
+echo "${CMD}" | tee -a "${SAVE_PATH}/train.log"
+${CMD} 2>&1 | tee -a "${SAVE_PATH}/train.log"

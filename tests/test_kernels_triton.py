@@ -235,6 +235,49 @@ def test_short_rows_and_rows_with_different_alignments(vocab):
 
 
 @needs_triton
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "ToDi", "adaptive_kl", "tvd"])
+def test_half_precision_and_rows_far_below_zero(name):
+    """fp16 and bf16 rows; rows whose logits all lie near the most negative value of their type
+    (the first pass must not mistake them for the stand-in value of entries outside the row), and
+    rows without a ±inf (the loops without masks) next to rows with one."""
+    for dtype, low in ((torch.float16, -60000.0), (torch.bfloat16, -3e37)):
+        s, t = make_pair(6, V, seed=29, specials=False)
+        s[0] = low + s[0].abs()  # every logit of the row far below zero, finite
+        t[1] = low - t[1].abs()
+        s[2, 9] = -math.inf  # one masked entry: the masked loops
+        s, t = s.to(dtype), t.to(dtype)
+        val, grad = value_and_grad(lambda x: divergence(name, x, t, temperature=1.7, impl="triton"), s)
+        ref_val, ref_grad = value_and_grad(lambda x: divergence(name, x, t, temperature=1.7, impl="reference"), s)
+        assert grad.dtype == dtype and torch.isfinite(val).all() and torch.isfinite(grad).all()
+        torch.testing.assert_close(val, ref_val, rtol=1e-4, atol=1e-5)
+        assert_grads_close(grad, ref_grad, dtype)
+
+
+@needs_triton
+def test_rows_with_only_cross_entropy_next_to_rows_with_both():
+    n = 8
+    s, t = make_pair(n, V, seed=30, specials=False)
+    s[3] = -3e37 + s[3]  # a cross-entropy-only row far below zero
+    labels = torch.arange(n, device=DEVICE) * 7 % V
+    kd_mask = torch.tensor([True, False, True, False, True, True, False, True], device=DEVICE)
+    spec = LossSpec.make("forward_kl")
+
+    def run(fn):
+        leaf = s.clone().requires_grad_(True)
+        inp = RowsInput(student=leaf, teacher=t, vocab=V, labels=labels, kd_mask=kd_mask, temperature=1.0,
+                        kd_weight=1.0, ce_weight=0.3)
+        out = fn(inp)
+        out.loss.sum().backward()
+        return out, leaf.grad
+
+    out, grad = run(lambda inp: loss_rows("triton", spec, inp))
+    ref, ref_grad = run(lambda inp: reference_rows(spec, inp))
+    for key in ("loss", "kd", "ce", "correct"):
+        torch.testing.assert_close(getattr(out, key).detach(), getattr(ref, key).detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
 def test_fused_linear_loss_with_triton_matches_unfused():
     from todi.kernels import fused_linear_loss
 

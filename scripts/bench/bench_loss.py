@@ -195,33 +195,64 @@ def run_cell(impl, name, tokens, vocab, args, device, inputs) -> dict:
 
 
 def sweep(args, device) -> None:
-    """Time Triton launch configurations (tile, warps, programs per SM, pipelining stages) for the
-    first size, and print the best as a TODI_TRITON_CONFIG value."""
-    from todi.kernels import triton_rows
+    """Time Triton launch configurations (warps, vectors per thread and tile, programs per SM,
+    pipelining stages) for each size and objective, check each against the chunked path, and print
+    the best as TODI_TRITON_CONFIG values: per size and objective, and overall (the least mean of
+    each time over the best time of its size and objective). Sweep at 8192 tokens or more: on an
+    H100 one call at 2048 tokens is bound by the host's per-call overhead (Python, autograd)."""
+    from todi.kernels import triton_rows as kernel
     from todi.kernels.triton_rows import KernelConfig
 
-    tokens, vocab = args.tokens[0], args.vocab[0]
-    inputs = make_inputs(tokens, vocab, args.dtype, device)
-    print(f"sweep at {tokens} x {vocab} {args.dtype}: ms fwd+bwd")
-    best = {}
-    for block, warps in ((2048, 4), (2048, 8), (4096, 8), (4096, 16)):
-        for stages in (1, 2, 3):
-            for per_sm in (2, 64):
-                triton_rows.CONFIG = KernelConfig(block=block, num_warps=warps, programs_per_sm=per_sm, stages=stages)
+    shapes = ((4, 2), (4, 4), (8, 1), (8, 2), (8, 4), (16, 1), (16, 2))  # (warps, vectors)
+    configs = [(w, v, p, st) for w, v in shapes for st in (1, 2) for p in (1, 2, 4, 16)]
+    times = {}  # (config, name, tokens, vocab) -> ms, for configs that match the chunked path
+    for tokens in args.tokens:
+        for vocab in args.vocab:
+            inputs = make_inputs(tokens, vocab, args.dtype, device)
+            print(f"sweep at {tokens} x {vocab} {args.dtype}: ms fwd+bwd of {','.join(args.objectives)} "
+                  "for warps,vectors,programs_per_sm,stages (! = differs from the chunked path)")
+            refs = {name: _value_and_grad("chunked", name, *inputs) for name in args.objectives}
+            for cfg in configs:
+                warps, vectors, per_sm, stages = cfg
+                kernel.CONFIG = KernelConfig(num_warps=warps, vectors=vectors, programs_per_sm=per_sm, stages=stages)
                 cells = []
                 for name in args.objectives:
                     try:
                         ms, _ = measure(make_fn("triton", name), *inputs, warmup=2, repeats=5)
-                    except Exception as exc:  # e.g. out of registers or shared memory: skip the config
-                        ms = math.nan
-                        print(f"  {block}/{warps}/{per_sm}/{stages}: {type(exc).__name__}: {str(exc)[:120]}")
-                    cells.append(ms)
-                    if not math.isnan(ms) and ms < best.get(name, (math.inf,))[0]:
-                        best[name] = (ms, block, warps, per_sm, stages)
-                print(f"  block {block:5d} warps {warps:2d} per_sm {per_sm:2d} stages {stages}: "
-                      + "  ".join(f"{n} {m:.3f}" for n, m in zip(args.objectives, cells)), flush=True)
-    for name, (ms, block, warps, per_sm, stages) in best.items():
-        print(f"best {name}: {ms:.3f} ms with TODI_TRITON_CONFIG={block},{warps},{per_sm},{stages}")
+                        ok = _close(_value_and_grad("triton", name, *inputs), refs[name])
+                    except Exception as exc:  # e.g. out of registers: skip the config
+                        ms, ok = math.nan, False
+                        print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
+                    if ok:
+                        times[cfg, name, tokens, vocab] = ms
+                    cells.append(f"{ms:.3f}{'' if ok else '!'}")
+                print(f"  {warps},{vectors},{per_sm},{stages}: " + " ".join(cells), flush=True)
+            del inputs, refs
+    kernel.CONFIG = KernelConfig()
+    keys = {k[1:] for k in times}
+    best = {key: min((ms, cfg) for (cfg, *k), ms in times.items() if tuple(k) == key) for key in keys}
+    for (name, tokens, vocab), (ms, cfg) in sorted(best.items()):
+        print(f"best {name} {tokens}x{vocab}: {ms:.3f} ms with TODI_TRITON_CONFIG={','.join(map(str, cfg))}")
+    complete = [c for c in configs if all((c, *key) in times for key in keys)]
+    if complete:
+        score = {c: sum(times[(c, *key)] / best[key][0] for key in keys) / len(keys) for c in complete}
+        top = min(complete, key=score.get)
+        print(f"best overall (mean time / best time {score[top]:.3f}): TODI_TRITON_CONFIG={','.join(map(str, top))}")
+
+
+def _value_and_grad(impl: str, name: str, student: torch.Tensor, teacher: torch.Tensor):
+    leaf = student.detach().clone().requires_grad_(True)
+    value = divergence(name, leaf, teacher, impl=impl)
+    value.sum().backward()
+    return value.detach(), leaf.grad
+
+
+def _close(got, ref) -> bool:
+    """Values to 1e-4 relative, gradients to bf16 rounding (both round a float32 gradient)."""
+    (val, grad), (ref_val, ref_grad) = got, ref
+    return bool(torch.allclose(val, ref_val, rtol=1e-4, atol=1e-5)) and bool(
+        torch.allclose(grad.float(), ref_grad.float(), rtol=2e-2, atol=2e-4)
+    )
 
 
 def print_table(rows: list[dict], impls: list[str]) -> None:

@@ -6,9 +6,10 @@ Implementations (``impl``):
 * ``"chunked"``: pure torch, a chunk of positions at a time, the gradient with respect to the
   student logits computed during the forward; only per-position values and that gradient are
   kept (:mod:`todi.kernels.chunked`). Default on CPU, fallback everywhere.
-* ``"triton"``: CUDA kernels with an online log-sum-exp, three passes over the logits for every
-  objective, more for AKL's tail search (:mod:`todi.kernels.triton_rows`; launch settings from
-  ``TODI_TRITON_CONFIG=block,warps,programs_per_sm[,stages]`` when set).
+* ``"triton"``: CUDA kernels with an online log-sum-exp: two passes over the logits for forward
+  and reverse KL, three for the other objectives, more for AKL's tail search (rows holding a ±inf
+  take masked loops) (:mod:`todi.kernels.triton_rows`; launch settings from
+  ``TODI_TRITON_CONFIG=warps,vectors,programs_per_sm[,stages]`` when set).
 * ``"auto"``: triton for CUDA tensors when triton imports, else chunked.
 
 The cross-entropy can be fused in (:func:`loss_rows`, used by the criterion): the student's

@@ -55,7 +55,9 @@ def test_truncation_is_counted_and_examples_without_response_are_dropped(tmp_pat
     split = load_split(path, gpt2_tok, max_length=20, max_prompt_length=16)
     assert split.stats.responses_truncated == 1 and split.stats.prompts_truncated == 1
     assert [len(e.input_ids) for e in split.examples][0] == 20
-    assert split.examples[1].input_ids[:16] == gpt2_tok.encode(long_prompt, add_special_tokens=False)[:16]
+    # the prompt keeps its end (where the answer cue is), as generation does
+    assert split.examples[1].input_ids[:16] == gpt2_tok.encode(long_prompt, add_special_tokens=False)[-16:]
+    assert split.examples[1].input_ids[:16] != gpt2_tok.encode(long_prompt, add_special_tokens=False)[:16]
     # max_length == max_prompt_length + ...: a prompt filling max_length has no response token left
     split = load_split(path, gpt2_tok, max_length=16, max_prompt_length=16)
     assert split.stats.dropped_no_response == [f"{path}:3"]

@@ -111,6 +111,9 @@ def _hp_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skew-lambda", type=float, default=0.1, help="skewed KLs: mixing weight λ")
     g.add_argument("--adaptive-kl-alpha", type=float, default=0.5, help="adaptive KL: tail mass α")
     g.add_argument("--kd-impl", choices=IMPLEMENTATIONS, default="auto", help="implementation of the divergence")
+    g.add_argument("--fused-lm-head", action="store_true",
+                   help="compute the student's lm_head, CE and KD chunk by chunk from its hidden states, never "
+                        "holding its logits (saves their memory; not with --adakd or --kd-impl reference)")
 
 
 def _generation_args(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +202,9 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             fail("--criterion cross_entropy (SFT) uses no teacher; drop --teacher-model-path/--teacher-peft-path")
         if args.adakd:
             fail("--adakd needs --criterion various_divergence")
+    if args.fused_lm_head and (args.adakd or args.kd_impl == "reference"):
+        fail("--fused-lm-head works with the memory-efficient kernels only: drop --adakd (it needs the student's "
+             "logits) and --kd-impl reference")
     if args.teacher_peft_path is not None and args.teacher_model_path is None:
         fail("--teacher-peft-path needs --teacher-model-path")
     if args.eval_gen and not args.do_valid:

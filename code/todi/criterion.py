@@ -83,12 +83,14 @@ def loss_scale(global_tokens: Tensor | int, grad_accum_steps: int, world_size: i
     return grad_accum_steps * world_size / max(int(global_tokens), 1)
 
 
-def cross_entropy_sum(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """Summed token cross-entropy over ``mask`` positions, computed in float32."""
-    rows = logits[mask].float()
-    if rows.numel() == 0:
-        return logits.sum() * 0.0  # keeps the graph connected, so backward works on every rank
-    return F.cross_entropy(rows, labels[mask], reduction="sum")
+def cross_entropy_sum(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Summed token cross-entropy over the supervised positions, computed in float32.
+
+    No boolean indexing: that would make the host wait for the device on every micro-batch. A
+    batch without supervised positions gives 0, still connected to the graph.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
 
 
 class DistillationLoss:
@@ -220,10 +222,10 @@ class DistillationLoss:
         num_tokens = mask.sum()
 
         if self.kd_rate < 1.0:
-            ce = cross_entropy_sum(student_logits, labels, mask)
+            ce = cross_entropy_sum(student_logits, labels, self.ignore_index)
         else:
             with torch.no_grad():
-                ce = cross_entropy_sum(student_logits, labels, mask)
+                ce = cross_entropy_sum(student_logits, labels, self.ignore_index)
         with torch.no_grad():
             correct = (student_logits.argmax(-1).eq(labels) & mask).sum().float()
         stats = {"ce": ce.detach().float(), "correct": correct}

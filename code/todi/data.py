@@ -81,7 +81,7 @@ IGNORE_INDEX = -100
 class TokenizedExample:
     """One training example as token ids.
 
-    input_ids: prompt (its first ``max_prompt_length`` tokens) + response + EOS, cut to ``max_length``.
+    input_ids: prompt (its last ``max_prompt_length`` tokens) + response + EOS, cut to ``max_length``.
     prompt_len: number of prompt tokens in ``input_ids``.
     teacher_input_ids: the teacher's ids when its tokenizer differs (same length and response ids).
     """
@@ -153,8 +153,9 @@ def load_split(
     """Read and tokenise ``path`` as the official DSKD/ToDi code does.
 
     Prompt and response are tokenised separately without special tokens; the prompt keeps its
-    first ``max_prompt_length`` tokens; EOS is appended to the response; the concatenation is cut
-    to ``max_length``. For training splits ``output`` must be a string; for dev splits a list is
+    last ``max_prompt_length`` tokens (the official code keeps the first ones, which cuts off the
+    "### Response:" cue; generation keeps the last ones too, so training and evaluation see the same
+    prompts); EOS is appended to the response; the concatenation is cut to ``max_length``. For training splits ``output`` must be a string; for dev splits a list is
     accepted (its first entry is the loss target, all entries are ROUGE-L references).
 
     With a ``teacher_tokenizer`` (one that differs from the student's), each example is tokenised
@@ -212,7 +213,7 @@ def _tokenize(tokenizer, prompts, responses, max_length, max_prompt_length):
     out = []
     for p, r in zip(_encode(tokenizer, prompts), _encode(tokenizer, responses)):
         cut_prompt = len(p) > max_prompt_length
-        p = p[:max_prompt_length]
+        p = p[-max_prompt_length:]  # keep the end: the "### Response:" cue the answer follows
         full = p + r + [eos]
         out.append((full[:max_length], len(p), cut_prompt, len(full) > max_length))
     return out

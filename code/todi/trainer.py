@@ -31,6 +31,7 @@ from todi.criterion import IGNORE_INDEX, DistillationLoss, LossOutput, cross_ent
 from todi.data import Batch, Collator, DataError, Split, load_split
 from todi.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from todi.divergences import objective_params
+from todi.kernels import fused_student_loss
 from todi.log import MetricsLog, format_record, logger, setup_logging
 from todi.models import (
     build_student,
@@ -57,8 +58,15 @@ RUN_KEYS = (
 
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
-                 *, diagnostics: bool = False) -> LossOutput:
-    """Student forward and loss of one micro-batch (the unit a fused lm_head + loss would replace)."""
+                 *, diagnostics: bool = False, fused: bool = False) -> LossOutput:
+    """Student forward and loss of one micro-batch.
+
+    ``fused``: the output layer, CE and KD run chunk by chunk on the final hidden states
+    (:func:`todi.kernels.fused_student_loss`), so the student's ``[B, L, V]`` logits never exist.
+    """
+    if fused:
+        return fused_student_loss(model, batch.input_ids, batch.attention_mask, batch.labels, teacher_logits,
+                                  criterion, diagnostics=diagnostics)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     return criterion(logits, batch.labels, teacher_logits, diagnostics=diagnostics)
 
@@ -354,7 +362,8 @@ class Trainer:
         kd_sum = kd_tokens = None
         for host_batch, batch in zip(micro_batches, batches):
             teacher_logits = teacher_forward(self.teacher, batch) if self.uses_teacher else None
-            out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics)
+            out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
+                               fused=self.args.fused_lm_head)
             self.engine.backward(out.loss * scale)
             self.engine.step()
             for metrics in (self.metrics, self.epoch_metrics):
@@ -542,7 +551,7 @@ class Trainer:
             if not idx:
                 continue
             mask = batch.labels.ne(IGNORE_INDEX)
-            sums[0] += cross_entropy_sum(logits, batch.labels, mask)
+            sums[0] += cross_entropy_sum(logits, batch.labels)
             sums[1] += (logits.argmax(-1).eq(batch.labels) & mask).sum()
             sums[2] += mask.sum()
         ce, correct, tokens = all_reduce_sum(sums).tolist()

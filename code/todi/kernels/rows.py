@@ -49,9 +49,15 @@ def needs_reference(inp: RowsInput) -> str | None:
 
 
 def check_labels(labels: Tensor, valid: Tensor, vocab: int) -> None:
-    """Labels must index the student's vocabulary (one device sync: a wrong label is no silent NaN)."""
+    """Labels must index the student's vocabulary: a wrong label is an error, never a silent NaN.
+
+    On CUDA the check is a device-side assertion, so that the host never waits for the device in
+    the step path; on the CPU (where reading a value costs nothing) it is a ValueError naming them.
+    """
     bad = valid & ((labels < 0) | (labels >= vocab))
-    if bool(bad.any()):
+    if labels.is_cuda:
+        torch._assert_async(~bad.any(), f"labels must be in [0, {vocab}) or the ignore index")
+    elif bool(bad.any()):
         raise ValueError(f"labels must be in [0, {vocab}) or the ignore index; got {labels[bad][:5].tolist()}")
 
 

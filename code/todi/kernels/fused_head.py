@@ -253,8 +253,9 @@ def fused_student_loss(
         del head.forward
     result = captured.get("out")
     loss = getattr(output, "logits", None)
-    # identity, not equality: comparing values would make the host wait for the device every step
-    if result is None or loss is not result.loss:
+    # the same storage (wrappers such as DeepSpeed's hooks may return an alias), not equal values:
+    # comparing values would make the host wait for the device on every step
+    if result is None or loss is None or loss.data_ptr() != result.loss.data_ptr():
         raise RuntimeError(
             f"{type(_causal_lm(model)).__name__} did not return its output layer's result unchanged as logits; "
             "the fused lm_head path cannot be used with this model"

@@ -174,3 +174,19 @@ def test_fused_under_deepspeed_zero3_gives_the_unfused_gradients(tiny_gpt2, tmp_
         ref_t, got = torch.tensor(ref), torch.tensor(fused["grads"][name])
         assert ref_t.abs().max() > 0, name
         torch.testing.assert_close(got, ref_t, rtol=1e-5, atol=1e-6 * ref_t.abs().max().item(), msg=name)
+
+
+def test_fused_refuses_a_model_that_transforms_its_logits(tiny_gpt2):
+    """A model that post-processes the output layer's result (e.g. logit soft-capping) cannot be fused."""
+    model = load_model(tiny_gpt2)
+    ids, attention, labels, teacher = batch(model.config.vocab_size, model.config.vocab_size)
+    original = model.forward
+
+    def capped(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.logits = 30.0 * torch.tanh(out.logits / 30.0)
+        return out
+
+    model.forward = capped
+    with pytest.raises(RuntimeError, match="did not return its output layer's result unchanged"):
+        fused_student_loss(model, ids, attention, labels, teacher, DistillationLoss("ToDi"))

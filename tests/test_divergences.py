@@ -10,25 +10,9 @@ import torch
 from todi import divergences as D
 from todi.divergences import DIVERGENCES, divergence
 
+from _cases import CASES, IDS
+
 NAMES = list(DIVERGENCES)
-# (name, params) pairs covering non-default parameter values.
-CASES = [
-    ("forward_kl", {}),
-    ("reverse_kl", {}),
-    ("js_divergence", {}),
-    ("tvd", {}),
-    ("skewed_forward_kl", {}),
-    ("skewed_forward_kl", {"skew_lambda": 0.3}),
-    ("skewed_forward_kl", {"skew_lambda": 0.0}),
-    ("skewed_reverse_kl", {}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.7}),
-    ("adaptive_kl", {}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.2}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.9}),
-    ("ToDi", {}),
-    ("ToDi", {"beta": 0.5}),
-    ("ToDi", {"beta": 4.0}),
-]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +91,7 @@ def value_and_grad(fn, student):
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 3.7])
-@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
 def test_value_and_gradient_match_float64(name, params, temperature):
     student = make_logits(3, 5, 67, seed=1)
     teacher = make_logits(3, 5, 67, seed=2)
@@ -123,7 +107,7 @@ def test_value_and_gradient_match_float64(name, params, temperature):
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,params", CASES[::2], ids=[f"{n}-{p}" for n, p in CASES[::2]])
+@pytest.mark.parametrize("name,params", CASES[::2], ids=IDS[::2])
 def test_per_position_temperature_tensor(name, params):
     student, teacher = make_logits(4, 6, 50, seed=3), make_logits(4, 6, 50, seed=4)
     temps = torch.rand(4, 6, generator=torch.Generator().manual_seed(5)) * 3 + 0.3

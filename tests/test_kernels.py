@@ -13,23 +13,7 @@ from todi.divergences import DIVERGENCES, divergence
 from todi.kernels import LossSpec, RowsInput, chunked, loss_rows, reference_rows
 from todi.kernels.profiling import peak_extra_bytes
 
-CASES = [
-    ("forward_kl", {}),
-    ("reverse_kl", {}),
-    ("js_divergence", {}),
-    ("tvd", {}),
-    ("skewed_forward_kl", {}),
-    ("skewed_forward_kl", {"skew_lambda": 0.0}),
-    ("skewed_forward_kl", {"skew_lambda": 1.0}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.7}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.0}),
-    ("adaptive_kl", {}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.9}),
-    ("ToDi", {}),
-    ("ToDi", {"beta": 0.3}),
-    ("ToDi", {"beta": 5.0}),
-]
-IDS = [f"{n}-{p}" for n, p in CASES]
+from _cases import CASES, IDS
 
 
 def make_pair(*shape, dtype=torch.float32, seed=0, scale=3.0, specials=True):

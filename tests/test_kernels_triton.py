@@ -22,6 +22,8 @@ from todi.criterion import DistillationLoss
 from todi.divergences import divergence
 from todi.kernels import LossSpec, RowsInput, loss_rows, reference_rows
 
+from _cases import CASES, IDS
+
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 if torch.cuda.is_available():
     DEVICE = "cuda"
@@ -36,20 +38,6 @@ needs_triton = pytest.mark.skipif(
 # Small vocabularies in the interpreter (block 64); on a GPU, sizes that span several 2048-blocks.
 V = 150 if DEVICE != "cuda" else 5001
 
-CASES = [
-    ("forward_kl", {}),
-    ("reverse_kl", {}),
-    ("js_divergence", {}),
-    ("tvd", {}),
-    ("skewed_forward_kl", {"skew_lambda": 0.3}),
-    ("skewed_forward_kl", {"skew_lambda": 1.0}),
-    ("skewed_reverse_kl", {}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.0}),
-    ("adaptive_kl", {}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.1}),
-    ("ToDi", {}),
-    ("ToDi", {"beta": 3.0}),
-]
 
 
 def make_pair(*shape, dtype=torch.float32, seed=0, scale=3.0, specials=True):
@@ -83,7 +71,7 @@ def assert_grads_close(grad, ref_grad, dtype):
 
 
 @needs_triton
-@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
 def test_triton_matches_reference(name, params):
     # alternate float32 with per-position temperatures and bf16 with a scalar temperature
     index = CASES.index((name, params))

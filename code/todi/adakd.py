@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from todi.criterion import KDPlan
-from todi.divergences import _log_probs, _sum_entries, forward_kl_terms, reverse_kl_terms
+from todi.divergences import _check_inputs, _log_probs, _sum_entries, forward_kl_terms, reverse_kl_terms
 
 __all__ = ["AdaKD", "DIFFICULTIES", "CHUNK_ELEMENTS", "difficulty", "hellinger", "idts_temperature"]
 
@@ -98,13 +98,7 @@ DIFFICULTIES = tuple(_ROWS)
 def _check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
     if not isinstance(student_logits, Tensor) or not isinstance(teacher_logits, Tensor):
         raise TypeError("student_logits and teacher_logits must be tensors of shape [..., V]")
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student and teacher logits must have the same shape, got {tuple(student_logits.shape)} "
-            f"and {tuple(teacher_logits.shape)}"
-        )
-    if student_logits.dim() < 1 or not student_logits.is_floating_point() or not teacher_logits.is_floating_point():
-        raise ValueError("logits must be floating-point tensors of shape [..., V]")
+    _check_inputs(student_logits, teacher_logits, None, 1.0)  # shapes and dtypes, as divergence() checks them
     if isinstance(temperature, Tensor) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
 

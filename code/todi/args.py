@@ -77,7 +77,7 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes for collation")
     g.add_argument("--train-num", type=int, default=-1, help="use the first N training examples (-1: all)")
     g.add_argument("--dev-num", type=int, default=-1, help="use the first N dev examples (-1: all)")
-    g.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept (the first ones, as the official code)")
+    g.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept: the last ones, as in generation (the official code kept the first ones)")
     g.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (incl. EOS) kept")
     g.add_argument("--pad-to-max-length", action="store_true",
                    help="pad every batch to --max-length like the official code (default: to the longest "

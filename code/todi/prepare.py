@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError
+from .data import DataError, read_jsonl
 from .results import atomic_write_text
 
 __all__ = [
@@ -81,23 +81,6 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
-def _read_jsonl_raw(path: Path) -> list[dict]:
-    """Raw upstream JSONL (any fields), with errors naming file and line."""
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
-
-
 def _field(row: dict, key: str, where: str, kind=str):
     if key not in row:
         raise DataError(f"{where}: missing field {key!r}")
@@ -116,7 +99,7 @@ class _Context:
 def _dolly(ctx: _Context) -> dict[str, list[dict]]:
     path = ctx.raw["dolly/databricks-dolly-15k.jsonl"]
     rows = []
-    for i, row in enumerate(_read_jsonl_raw(path), start=1):
+    for i, row in enumerate(read_jsonl(path, required=()), start=1):
         where = f"{path}:{i}"
         # databricks-dolly-15k: instruction, context, response, category; MiniLLM strips them
         instruction = _field(row, "instruction", where).strip()
@@ -137,7 +120,7 @@ def _dolly(ctx: _Context) -> dict[str, list[dict]]:
 def _self_inst(ctx: _Context) -> dict[str, list[dict]]:
     path = ctx.raw["self-instruct/user_oriented_instructions.jsonl"]
     records = []
-    for i, row in enumerate(_read_jsonl_raw(path), start=1):
+    for i, row in enumerate(read_jsonl(path, required=()), start=1):
         where = f"{path}:{i}"
         instruction = _field(row, "instruction", where)
         for instance in _field(row, "instances", where, list):
@@ -152,10 +135,10 @@ def _self_inst(ctx: _Context) -> dict[str, list[dict]]:
 def _vicuna(ctx: _Context) -> dict[str, list[dict]]:
     qpath, apath = ctx.raw["vicuna/question.jsonl"], ctx.raw["vicuna/answer_gpt35.jsonl"]
     answers = {}
-    for i, row in enumerate(_read_jsonl_raw(apath), start=1):
+    for i, row in enumerate(read_jsonl(apath, required=()), start=1):
         answers[_field(row, "question_id", f"{apath}:{i}", int)] = _field(row, "text", f"{apath}:{i}")
     records = []
-    for i, row in enumerate(_read_jsonl_raw(qpath), start=1):
+    for i, row in enumerate(read_jsonl(qpath, required=()), start=1):
         where = f"{qpath}:{i}"
         qid = _field(row, "question_id", where, int)
         if qid not in answers:

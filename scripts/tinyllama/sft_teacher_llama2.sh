@@ -47,62 +47,10 @@ SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${
 SEED=${SEED:-10}
 EXTRA_OPTS=${EXTRA_OPTS:-}
 
-OPTS=""
-# model
-OPTS+=" --base-path ${BASE_PATH}"
-OPTS+=" --model-path ${CKPT_PATH}"
-OPTS+=" --model-type ${CKPT_TYPE}"
+OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
 OPTS+=" --gradient-checkpointing"
-# data
-OPTS+=" --data-dir ${DATA_DIR}"
-OPTS+=" --num-workers 0"
-OPTS+=" --dev-num ${DEV_NUM}"
-# task
-OPTS+=" --task ${TASK}"
-# hp
-OPTS+=" --lr ${LR}"
-OPTS+=" --batch-size ${BATCH_SIZE}"
-OPTS+=" --eval-batch-size ${EVAL_BATCH_SIZE}"
-OPTS+=" --gradient-accumulation-steps ${GRAD_ACC}"
-OPTS+=" --warmup-iters 0"
-OPTS+=" --lr-decay-style cosine"
-OPTS+=" --weight-decay 1e-2"
-OPTS+=" --clip-grad 1.0"
-OPTS+=" --num-epochs ${EPOCH}"
 OPTS+=" --peft lora"
 OPTS+=" --peft-lora-r ${LORA_RANK}"
 OPTS+=" --peft-lora-alpha ${LORA_ALPHA}"
 OPTS+=" --peft-lora-dropout ${LORA_DROPOUT}"
-# length
-OPTS+=" --max-length ${MAX_LENGTH}"
-OPTS+=" --max-prompt-length ${MAX_PROMPT_LENGTH}"
-# runtime
-OPTS+=" --do-train"
-OPTS+=" --do-valid"
-OPTS+=" --eval-gen"
-OPTS+=" --eval-gen-repeat-times ${EVAL_GEN_REPEAT}"
-OPTS+=" --save-interval 1"
-OPTS+=" --eval-interval 1"
-OPTS+=" --log-interval ${LOG_INTERVAL}"
-OPTS+=" --save-dir ${SAVE_PATH}"
-OPTS+=" --keep-best-n-checkpoints ${SAVE_BEST_N_CKPTS}"
-OPTS+=" --criterion ${CRITERION}"
-# seed
-OPTS+=" --seed ${SEED}"
-# deepspeed
-OPTS+=" --deepspeed"
-OPTS+=" --deepspeed_config ${DS_CONFIG}"
-# gen
-OPTS+=" --do-sample"
-OPTS+=" --top-k 0"
-OPTS+=" --top-p 1.0"
-OPTS+=" --temperature 1.0"
-OPTS+=" ${EXTRA_OPTS}"
-
-export CUDA_VISIBLE_DEVICES=${GPUS}
-export WANDB_DISABLED=True
-export TOKENIZERS_PARALLELISM=false
-mkdir -p "${SAVE_PATH}"
-CMD="torchrun --nproc_per_node ${NPROC} --nnodes ${NNODES} --node_rank ${NODE_RANK} --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT} ${BASE_PATH}/code/distillation.py ${OPTS}"
-echo "${CMD}" | tee -a "${SAVE_PATH}/train.log"
-${CMD} 2>&1 | tee -a "${SAVE_PATH}/train.log"
+source "$(dirname "${BASH_SOURCE[0]}")/../train_launch.sh"

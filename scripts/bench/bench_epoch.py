@@ -7,6 +7,8 @@ the WARMUP steps. Modes of this project's loop:
 
 * ``official-style``: the official collation and loss (``--pad-to-max-length --kd-impl reference``);
 * ``default``: dynamic padding and the default (memory-efficient) loss;
+* ``grouped``: ``default`` with ``--group-by-length`` (batches of similar length: the same
+  per-example losses, other batch compositions);
 * ``sft``: cross-entropy only (no teacher), the floor a KD step cannot beat.
 
 This project's numbers come from its metrics.jsonl (counted examples and non-padding tokens,
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO / "code"))
 MODES = {
     "official-style": ["--pad-to-max-length", "--kd-impl", "reference"],
     "default": [],
+    "grouped": ["--group-by-length"],
     "sft": ["--criterion", "cross_entropy"],
 }
 

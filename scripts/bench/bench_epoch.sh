@@ -4,7 +4,8 @@
 # optionally with length-grouped batches and CE-only (MODES="official-style default grouped sft"),
 # and the official ToDi/DSKD loop when OFFICIAL_DIR points to a checkout of it. Paper shapes by
 # default: GPT-2 base student, GPT-2 XL teacher (random weights from configs given by path +
-# overrides), real Dolly training lines, batch 8, bf16, ZeRO-1. Prints examples/s, tokens/s, peak GPU memory and the speed-ups.
+# overrides), real Dolly training lines, batch 8, bf16, ZeRO-1. Prints examples/s, tokens/s, peak
+# GPU memory and the speed-ups.
 # Every setting below can be set from the environment; on a CPU (GPUS=) use tiny overrides, e.g.
 #   GPUS= STUDENT_OVERRIDES=n_layer=1,n_embd=32,n_head=2 TEACHER_OVERRIDES=n_layer=1,n_embd=48,n_head=2 \
 #   STEPS=4 WARMUP=2 BATCH_SIZE=2 MAX_LENGTH=128 MAX_PROMPT_LENGTH=64 bash scripts/bench/bench_epoch.sh

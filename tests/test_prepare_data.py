@@ -124,7 +124,7 @@ def test_missing_raw_files_and_offline_downloads_fail_clearly(gpt2_tokenizer, tm
     bad = tmp_path / "badraw/vicuna"
     bad.mkdir(parents=True)
     (bad / "question.jsonl").write_text('{"question_id": 1, "text": "q", "category": "c"}\n')
-    (bad / "answer_gpt35.jsonl").write_text('{"question_id": 1}\n')
+    (bad / "answer_gpt35.jsonl").write_text('\n{"question_id": 1}\n')  # a blank line first: the error names line 2
     assert prepare_cli.main(["vicuna", "--output-dir", str(tmp_path), "--raw-dir", str(tmp_path / "badraw"),
                              "--tokenizer", str(gpt2_tokenizer)]) == 2
-    assert f"{bad / 'answer_gpt35.jsonl'}:1: missing field 'text'" in capsys.readouterr().err
+    assert f"{bad / 'answer_gpt35.jsonl'}:2: missing field 'text'" in capsys.readouterr().err

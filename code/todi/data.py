@@ -17,6 +17,7 @@ __all__ = [
     "IGNORE_INDEX",
     "Split",
     "TokenizedExample",
+    "line_numbers",
     "load_split",
     "padded_width",
     "read_jsonl",
@@ -130,7 +131,7 @@ class Split:
     stats: DataStats
 
 
-def _line_numbers(path: Path) -> list[int]:
+def line_numbers(path: Path) -> list[int]:
     """The line number of each record that :func:`read_jsonl` returns (it skips blank lines)."""
     with path.open(encoding="utf-8") as f:
         return [n for n, line in enumerate(f, start=1) if line.strip()]
@@ -164,7 +165,7 @@ def load_split(
     """
     path = Path(path)
     records = read_jsonl(path)
-    lines = _line_numbers(path)
+    lines = line_numbers(path)
     if limit is not None and limit >= 0:
         records, lines = records[:limit], lines[:limit]
     where = [f"{path}:{n}" for n in lines]

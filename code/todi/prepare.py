@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import DataError, read_jsonl
+from .data import DataError, line_numbers, read_jsonl
 from .results import atomic_write_text
 
 __all__ = [
@@ -81,6 +81,12 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+def _raw_rows(path: Path):
+    """(line number, record) of an upstream JSONL file: any fields, errors naming file and line."""
+    records = read_jsonl(path, required=())  # first: its errors name the file
+    return zip(line_numbers(path), records)
+
+
 def _field(row: dict, key: str, where: str, kind=str):
     if key not in row:
         raise DataError(f"{where}: missing field {key!r}")
@@ -99,7 +105,7 @@ class _Context:
 def _dolly(ctx: _Context) -> dict[str, list[dict]]:
     path = ctx.raw["dolly/databricks-dolly-15k.jsonl"]
     rows = []
-    for i, row in enumerate(read_jsonl(path, required=()), start=1):
+    for i, row in _raw_rows(path):
         where = f"{path}:{i}"
         # databricks-dolly-15k: instruction, context, response, category; MiniLLM strips them
         instruction = _field(row, "instruction", where).strip()
@@ -120,7 +126,7 @@ def _dolly(ctx: _Context) -> dict[str, list[dict]]:
 def _self_inst(ctx: _Context) -> dict[str, list[dict]]:
     path = ctx.raw["self-instruct/user_oriented_instructions.jsonl"]
     records = []
-    for i, row in enumerate(read_jsonl(path, required=()), start=1):
+    for i, row in _raw_rows(path):
         where = f"{path}:{i}"
         instruction = _field(row, "instruction", where)
         for instance in _field(row, "instances", where, list):
@@ -135,10 +141,10 @@ def _self_inst(ctx: _Context) -> dict[str, list[dict]]:
 def _vicuna(ctx: _Context) -> dict[str, list[dict]]:
     qpath, apath = ctx.raw["vicuna/question.jsonl"], ctx.raw["vicuna/answer_gpt35.jsonl"]
     answers = {}
-    for i, row in enumerate(read_jsonl(apath, required=()), start=1):
+    for i, row in _raw_rows(apath):
         answers[_field(row, "question_id", f"{apath}:{i}", int)] = _field(row, "text", f"{apath}:{i}")
     records = []
-    for i, row in enumerate(read_jsonl(qpath, required=()), start=1):
+    for i, row in _raw_rows(qpath):
         where = f"{qpath}:{i}"
         qid = _field(row, "question_id", where, int)
         if qid not in answers:

@@ -88,7 +88,6 @@ def test_strided_views_are_read_without_a_copy():
     s_view, t_view = s_wide[..., :131], t_wide[..., :131]
     rows = kernels.as_rows(s_view)
     assert rows.data_ptr() == s_view.data_ptr() and rows.stride(0) == 150
-    leaf = s_wide.clone().requires_grad_(True)
     val, grad = value_and_grad(lambda x: divergence("ToDi", x[..., :131], t_view, impl="chunked"), s_wide)
     ref_val, ref_grad = value_and_grad(
         lambda x: divergence("ToDi", x, t_view.contiguous(), impl="reference"), s_view.contiguous()

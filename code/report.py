@@ -6,6 +6,12 @@ Finds every ``.../<set>/seed<seed>/metrics.json`` written by scripts/eval/run_ev
 code/evaluate.py) under the given directories, and writes ``report.md``, ``report.csv`` and
 ``report.png`` (rows = checkpoints named by method / KD objective, columns = the sets and their
 average, mean ± std over seeds) into --out-dir (default: the first directory); prints the table.
+
+    python code/report.py --curves RUN_DIR [RUN_DIR ...] [--out curves.png] [--fields loss,kd,dev:rougeL]
+
+With --curves the directories are training runs (each holding metrics.jsonl, and args.json for the
+label): plots their train and dev curves on one figure (one panel per metric, one line per run,
+x = optimizer step) into --out (default: <out-dir>/<name>.png, else <first run>/curves.png).
 """
 
 from __future__ import annotations
@@ -14,16 +20,29 @@ import argparse
 import sys
 from pathlib import Path
 
+from todi.curves import DEFAULT_FIELDS, CurveError, load_runs, parse_fields, plot_curves, summary
 from todi.results import METRICS, ResultError, atomic_write_text, collect, plot, summarize, to_csv, to_markdown
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", type=Path, nargs="+", help="directories searched (recursively) for evaluation results")
+    p.add_argument("dirs", type=Path, nargs="+", help="directories searched (recursively) for evaluation "
+                   "results; with --curves, training run directories")
     p.add_argument("--out-dir", type=Path, help="where report.{md,csv,png} go (default: the first directory)")
     p.add_argument("--metric", choices=METRICS, default="rougeL")
-    p.add_argument("--name", default="report", help="file name stem of the outputs")
+    p.add_argument("--name", help="file name stem of the outputs (default: report; curves with --curves)")
+    g = p.add_argument_group("training curves")
+    g.add_argument("--curves", action="store_true", help="plot the train and dev curves of the given run directories")
+    g.add_argument("--out", type=Path,
+                   help="the PNG --curves writes (default: <out-dir>/<name>.png, else <first run>/curves.png)")
+    g.add_argument("--fields", help="comma-separated [split:]field to plot, split train unless given (default: "
+                   + ",".join(n if s == "train" else f"{s}:{n}" for s, n in DEFAULT_FIELDS) + "; those present)")
     args = p.parse_args(argv)
+    if args.curves:
+        return curves(args)
+    if args.out is not None or args.fields is not None:
+        p.error("--out and --fields go with --curves")
+    args.name = args.name or "report"
 
     try:
         results = collect(args.dirs)
@@ -42,6 +61,21 @@ def main(argv=None) -> int:
     plot(rows, columns, out / f"{args.name}.png", args.metric)
     print(markdown)
     print(f"wrote {out / args.name}.md, .csv and .png")
+    return 0
+
+
+def curves(args) -> int:
+    """--curves: one PNG of the runs' curves; bad input is a one-line error and exit status 2."""
+    try:
+        runs = load_runs(args.dirs)
+        fields = parse_fields(args.fields) if args.fields else DEFAULT_FIELDS
+        out = args.out or (args.out_dir or runs[0].path) / f"{args.name or 'curves'}.png"
+        plot_curves(runs, out, fields)
+    except (CurveError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary(runs))
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,25 +1,10 @@
-"""The (objective, parameters) cases every loss test runs: each objective at its defaults and at
-non-default parameter values, including the limits (λ = 0 / 1) and strong / weak ToDi β."""
+"""The (objective, parameters) cases every loss test runs, read from the objective registry: each
+objective at its defaults, then at the parameter values its entry lists (limits such as λ = 0 / 1,
+strong / weak ToDi β, the α-β divergence's KL limits)."""
 
 from __future__ import annotations
 
-CASES = [
-    ("forward_kl", {}),
-    ("reverse_kl", {}),
-    ("js_divergence", {}),
-    ("tvd", {}),
-    ("skewed_forward_kl", {}),
-    ("skewed_forward_kl", {"skew_lambda": 0.3}),
-    ("skewed_forward_kl", {"skew_lambda": 0.0}),
-    ("skewed_forward_kl", {"skew_lambda": 1.0}),
-    ("skewed_reverse_kl", {}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.7}),
-    ("skewed_reverse_kl", {"skew_lambda": 0.0}),
-    ("adaptive_kl", {}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.2}),
-    ("adaptive_kl", {"adaptive_kl_alpha": 0.9}),
-    ("ToDi", {}),
-    ("ToDi", {"beta": 0.5}),
-    ("ToDi", {"beta": 4.0}),
-]
+from todi.objectives import all_objectives
+
+CASES = [(o.name, dict(params)) for o in all_objectives() for params in ({}, *o.cases)]
 IDS = [f"{n}-{p}" for n, p in CASES]

@@ -103,7 +103,7 @@ def test_hellinger_handles_bf16_and_masked_vocabulary_entries():
 @pytest.mark.parametrize("name", ["forward_kl", "reverse_kl"])
 def test_ablation_divergence_difficulties_match_float64(name):
     student, teacher = logits_pair(seed=3)
-    got = difficulty(name, student, teacher, 1.5, chunk_rows=5)
+    got = difficulty(name, student, teacher, 1.5, chunk_size=5)
     torch.testing.assert_close(got.double(), ref_divergence(name, student, teacher, 1.5), rtol=1e-5, atol=1e-5)
 
 
@@ -111,7 +111,7 @@ def test_cross_entropy_difficulty_is_the_data_token_cross_entropy():
     student, teacher = logits_pair(seed=3)
     labels = torch.randint(0, V, student.shape[:-1], generator=torch.Generator().manual_seed(3))
     labels[1, :4] = -100  # prompt positions: no label
-    got = difficulty("cross_entropy", student, teacher, 1.5, labels=labels, chunk_rows=5)
+    got = difficulty("cross_entropy", student, teacher, 1.5, labels=labels, chunk_size=5)
     logq = torch.log_softmax(student.double() / 1.5, -1)
     expected = torch.where(labels >= 0, -logq.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1), 0.0)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
@@ -126,7 +126,7 @@ def test_cross_entropy_difficulty_is_the_data_token_cross_entropy():
 def test_difficulty_is_chunked_detached_and_chunk_independent():
     student, teacher = logits_pair(shape=(3, 10))
     student.requires_grad_(True)
-    whole = hellinger(student, teacher, chunk_rows=1000)
+    whole = hellinger(student, teacher, chunk_size=1000)
     assert not whole.requires_grad
 
     class LargestFloat32(TorchDispatchMode):
@@ -142,7 +142,7 @@ def test_difficulty_is_chunked_detached_and_chunk_independent():
             return out
 
     with LargestFloat32() as probe:
-        chunked = hellinger(student, teacher, chunk_rows=4)
+        chunked = hellinger(student, teacher, chunk_size=4)
     torch.testing.assert_close(chunked, whole)
     assert probe.largest <= 4 * V  # never more than one chunk of rows × V in float32
 

@@ -175,7 +175,7 @@ def test_todi_alpha_diagnostic_is_a_mean_in_unit_interval():
     model = TinyLM()
     ids, labels, teacher = batch()
     out = DistillationLoss("ToDi", kd_rate=0.5, beta=2.0)(model(ids), labels, teacher, diagnostics=True)
-    mean_alpha = out.stats["todi_alpha"] / out.stats["kd_tokens"]
+    mean_alpha = out.diagnostics["todi_alpha"] / out.stats["kd_tokens"]
     assert 0.0 < mean_alpha < 1.0
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from todi import divergences as D
+from todi import objectives
 from todi.divergences import DIVERGENCES, divergence
 
 from _cases import CASES, IDS
@@ -46,6 +47,23 @@ def reference(name, student, teacher, temperature=1.0, **params):
         beta = params.get("beta", 1.0)
         alpha = torch.sigmoid(beta * torch.log(p / q)).detach()
         return (alpha * p * torch.log(p / q) + (1 - alpha) * q * torch.log(q / p)).sum(-1)
+    if name == "generalized_jsd":
+        b = params.get("beta", 0.5)
+        if b in (0.0, 1.0):  # TRL's convention: the end points are the plain KLs
+            return fkl if b == 0.0 else rkl
+        m = b * p + (1 - b) * q
+        return b * (p * torch.log(p / m)).sum(-1) + (1 - b) * (q * torch.log(q / m)).sum(-1)
+    if name == "ab_divergence":
+        a, b = params.get("alpha", 0.2), params.get("beta", 0.7)
+        if (a, b) in ((1.0, 0.0), (0.0, 1.0)):
+            return fkl if a == 1.0 else rkl
+        if a and b:
+            return -(p**a * q**b - a / (a + b) * p ** (a + b) - b / (a + b) * q ** (a + b)).sum(-1) / (a * b)
+        if a:  # Cichocki et al.'s limit β → 0
+            return (p**a * torch.log(p**a / q**a) - p**a + q**a).sum(-1) / a**2
+        if b:
+            return (q**b * torch.log(q**b / p**b) - q**b + p**b).sum(-1) / b**2
+        return 0.5 * ((lp - lq) ** 2).sum(-1)
     if name == "adaptive_kl":
         a = params.get("adaptive_kl_alpha", 0.5)
         # The head/tail split is discontinuous in p: decide it on float32-rounded probabilities, as
@@ -170,8 +188,11 @@ def test_todi_gradient_follows_fkl_when_underestimated_and_rkl_when_overestimate
         terms_fn(s, t, **kw).sum().backward()
         return s.grad
 
-    g_todi = entry_grad(D.todi_terms, beta=beta)
-    g_fkl, g_rkl = entry_grad(D.forward_kl_terms), entry_grad(D.reverse_kl_terms)
+    def terms(name):  # the registry entry's per-entry terms
+        return lambda s, t, **kw: objectives.get(name).terms(s, t, None, **kw)
+
+    g_todi = entry_grad(terms("ToDi"), beta=beta)
+    g_fkl, g_rkl = entry_grad(terms("forward_kl")), entry_grad(terms("reverse_kl"))
     gap_under = (g_fkl[under] - g_rkl[under]).abs()
     gap_over = (g_fkl[over] - g_rkl[over]).abs()
     assert (g_todi[under] - g_fkl[under]).abs() < 0.01 * gap_under

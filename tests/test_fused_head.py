@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from todi.criterion import DistillationLoss, KDPlan
-from todi.kernels import fused_student_loss
+from todi.fused_head import fused_student_loss
 from todi.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def compare(model, criterion, ids, attention, labels, teacher):
     model.zero_grad()
     ref = criterion(model(input_ids=ids, attention_mask=attention).logits, labels, teacher, diagnostics=True)
     ref_grads = grads_of(model, ref.loss)
-    out = fused_student_loss(model, ids, attention, labels, teacher, criterion, diagnostics=True, chunk_rows=5)
+    out = fused_student_loss(model, ids, attention, labels, teacher, criterion, diagnostics=True, chunk_size=5)
     grads = grads_of(model, out.loss)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-5)
     assert out.num_tokens == ref.num_tokens and set(out.stats) == set(ref.stats)
@@ -102,7 +102,7 @@ import json, sys
 import torch, deepspeed
 from deepspeed.utils import safe_get_full_grad
 from todi.criterion import DistillationLoss
-from todi.kernels import fused_student_loss
+from todi.fused_head import fused_student_loss
 from todi.models import load_model
 
 path = sys.argv[1]

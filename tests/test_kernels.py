@@ -10,7 +10,7 @@ import torch
 from todi import kernels
 from todi.criterion import DistillationLoss, KDPlan
 from todi.divergences import DIVERGENCES, divergence
-from todi.kernels import LossSpec, RowsInput, chunked, loss_rows, reference_rows
+from todi.kernels import LossSpec, LossInputs, chunked, per_row_loss, reference_loss
 from todi.kernels.profiling import peak_extra_bytes
 
 from _cases import CASES, IDS
@@ -86,7 +86,7 @@ def test_strided_views_are_read_without_a_copy():
     """The criterion compares [..., :V] of logits padded to different vocabulary sizes."""
     s_wide, t_wide = make_pair(2, 5, 150, seed=4, specials=False)
     s_view, t_view = s_wide[..., :131], t_wide[..., :131]
-    rows = kernels.as_rows(s_view)
+    rows = kernels.flatten_rows(s_view)
     assert rows.data_ptr() == s_view.data_ptr() and rows.stride(0) == 150
     val, grad = value_and_grad(lambda x: divergence("ToDi", x[..., :131], t_view, impl="chunked"), s_wide)
     ref_val, ref_grad = value_and_grad(
@@ -100,15 +100,15 @@ def test_strided_views_are_read_without_a_copy():
 def test_chunk_size_does_not_change_results():
     s, t = make_pair(40, 77, seed=5)
     spec = LossSpec.make("ToDi", {"beta": 2.0})
-    inp = RowsInput(
+    inp = LossInputs(
         student=s, teacher=t, vocab=77, labels=None, kd_mask=torch.ones(40, dtype=torch.bool),
         temperature=1.3, kd_weight=1.0, ce_weight=0.0,
     )
-    results = [chunked.forward(spec, inp, want_grad=True, want_alpha=True, rows_per_chunk=c) for c in (1, 6, 40)]
+    results = [chunked.forward(spec, inp, want_grad=True, want_diagnostics=True, chunk_size=c) for c in (1, 6, 40)]
     for other in results[1:]:
         torch.testing.assert_close(other.kd, results[0].kd, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(other.grad, results[0].grad, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(other.alpha, results[0].alpha, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(other.diagnostics["todi_alpha"], results[0].diagnostics["todi_alpha"], rtol=1e-6, atol=1e-7)
 
 
 def test_fully_masked_input_gives_zero_and_a_connected_graph():
@@ -190,7 +190,7 @@ def test_rows_with_cross_entropy_match_reference(name, params, temperature, voca
 
     def run(fn):
         leaf = s.clone().requires_grad_(True)
-        inp = RowsInput(
+        inp = LossInputs(
             student=leaf, teacher=t, vocab=vocab, labels=labels, kd_mask=kd_mask,
             temperature=temperature, kd_weight=kd_weight, ce_weight=0.4,
         )
@@ -198,12 +198,12 @@ def test_rows_with_cross_entropy_match_reference(name, params, temperature, voca
         (out.loss * torch.linspace(0.5, 2.0, n)).sum().backward()
         return out, leaf.grad
 
-    out, grad = run(lambda inp: loss_rows("chunked", spec, inp, want_alpha=True))
-    ref, ref_grad = run(lambda inp: reference_rows(spec, inp, want_alpha=True))
+    out, grad = run(lambda inp: per_row_loss("chunked", spec, inp, want_diagnostics=True))
+    ref, ref_grad = run(lambda inp: reference_loss(spec, inp, want_diagnostics=True))
     for key in ("loss", "kd", "ce", "correct"):
         torch.testing.assert_close(getattr(out, key).detach(), getattr(ref, key).detach(), rtol=1e-5, atol=2e-6)
     if name == "ToDi":
-        torch.testing.assert_close(out.alpha, ref.alpha, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out.diagnostics["todi_alpha"], ref.diagnostics["todi_alpha"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=2e-6)
 
 
@@ -297,7 +297,7 @@ def test_criterion_peak_memory_is_a_fraction_of_the_reference():
 def float64_oracle(name, student, teacher, **params):
     """The objectives in float64 log space (AKL's weight from the float32 reference: it is a
     discontinuous function of p, see test_divergences)."""
-    from todi.divergences import _log_probs, akl_head_weight
+    from todi.objectives import akl_head_weight, log_probs
 
     s, t = torch.log_softmax(student.double(), -1), torch.log_softmax(teacher.double(), -1)
     p, q = t.exp(), s.exp()
@@ -320,8 +320,26 @@ def float64_oracle(name, student, teacher, **params):
     elif name == "ToDi":
         alpha = torch.sigmoid(params.get("beta", 1.0) * (t - s)).detach()
         terms = (t - s) * (alpha * p - (1 - alpha) * q)
+    elif name == "generalized_jsd" and 0 < params.get("beta", 0.5) < 1:
+        b = params.get("beta", 0.5)
+        log_m = torch.logaddexp(t + math.log(b), s + math.log1p(-b))
+        terms = b * p * (t - log_m) + (1 - b) * q * (s - log_m)
+    elif name == "generalized_jsd":
+        terms = p * (t - s) if params["beta"] == 0 else q * (s - t)
+    elif name == "ab_divergence":
+        a, b = params.get("alpha", 0.2), params.get("beta", 0.7)
+        if (a, b) in ((1.0, 0.0), (0.0, 1.0)):
+            terms = p * (t - s) if a == 1.0 else q * (s - t)
+        elif a and b:
+            terms = -((a * t + b * s).exp() - a / (a + b) * ((a + b) * t).exp() - b / (a + b) * ((a + b) * s).exp()) / (a * b)
+        elif a:
+            terms = (a * (a * t).exp() * (t - s) - (a * t).exp() + (a * s).exp()) / a**2
+        elif b:
+            terms = (b * (b * s).exp() * (s - t) - (b * s).exp() + (b * t).exp()) / b**2
+        else:
+            terms = 0.5 * (t - s) ** 2
     else:
-        s32, t32, keep = _log_probs(student.detach(), teacher, 1.0)
+        s32, t32, keep = log_probs(student.detach(), teacher, 1.0)
         w = akl_head_weight(s32, t32, keep, params.get("adaptive_kl_alpha", 0.5)).double().unsqueeze(-1)
         terms = w * p * (t - s) + (1 - w) * q * (s - t)
     return terms.sum(-1)

@@ -20,7 +20,7 @@ import torch
 from todi import kernels
 from todi.criterion import DistillationLoss
 from todi.divergences import divergence
-from todi.kernels import LossSpec, RowsInput, loss_rows, reference_rows
+from todi.kernels import LossSpec, LossInputs, per_row_loss, reference_loss
 
 from _cases import CASES, IDS
 
@@ -119,7 +119,7 @@ def test_extreme_logits_are_as_accurate_as_the_reference(name, params):
 @needs_triton
 @pytest.mark.parametrize("name", ["ToDi", "adaptive_kl", None])
 @pytest.mark.parametrize("temperature,vocab", [(1.0, V), (2.0, V - 17)], ids=["T1-shared-lse", "T2-padded"])
-def test_triton_rows_with_cross_entropy_match_reference(name, temperature, vocab):
+def test_triton_backend_with_cross_entropy_match_reference(name, temperature, vocab):
     n = 12
     s, t = make_pair(n, V, seed=20, specials=False)
     s[0, 3], t[1, 4], t[2, :] = -math.inf, math.inf, -math.inf
@@ -133,7 +133,7 @@ def test_triton_rows_with_cross_entropy_match_reference(name, temperature, vocab
 
     def run(fn):
         leaf = s.clone().requires_grad_(True)
-        inp = RowsInput(
+        inp = LossInputs(
             student=leaf, teacher=t if name else None, vocab=vocab, labels=labels, kd_mask=kd_mask if name else None,
             temperature=temperature, kd_weight=kd_weight, ce_weight=0.6,
         )
@@ -141,13 +141,13 @@ def test_triton_rows_with_cross_entropy_match_reference(name, temperature, vocab
         (out.loss * 1.7).sum().backward()
         return out, leaf.grad
 
-    out, grad = run(lambda inp: loss_rows("triton", spec, inp, want_alpha=True))
-    ref, ref_grad = run(lambda inp: reference_rows(spec, inp, want_alpha=True))
+    out, grad = run(lambda inp: per_row_loss("triton", spec, inp, want_diagnostics=True))
+    ref, ref_grad = run(lambda inp: reference_loss(spec, inp, want_diagnostics=True))
     for key in ("loss", "kd", "ce", "correct"):
         torch.testing.assert_close(getattr(out, key).detach(), getattr(ref, key).detach(), rtol=1e-4, atol=1e-5)
     assert out.correct[5] == 1
     if name == "ToDi":
-        torch.testing.assert_close(out.alpha, ref.alpha, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(out.diagnostics["todi_alpha"], ref.diagnostics["todi_alpha"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
@@ -252,14 +252,14 @@ def test_rows_with_only_cross_entropy_next_to_rows_with_both():
 
     def run(fn):
         leaf = s.clone().requires_grad_(True)
-        inp = RowsInput(student=leaf, teacher=t, vocab=V, labels=labels, kd_mask=kd_mask, temperature=1.0,
+        inp = LossInputs(student=leaf, teacher=t, vocab=V, labels=labels, kd_mask=kd_mask, temperature=1.0,
                         kd_weight=1.0, ce_weight=0.3)
         out = fn(inp)
         out.loss.sum().backward()
         return out, leaf.grad
 
-    out, grad = run(lambda inp: loss_rows("triton", spec, inp))
-    ref, ref_grad = run(lambda inp: reference_rows(spec, inp))
+    out, grad = run(lambda inp: per_row_loss("triton", spec, inp))
+    ref, ref_grad = run(lambda inp: reference_loss(spec, inp))
     for key in ("loss", "kd", "ce", "correct"):
         torch.testing.assert_close(getattr(out, key).detach(), getattr(ref, key).detach(), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
@@ -267,8 +267,6 @@ def test_rows_with_only_cross_entropy_next_to_rows_with_both():
 
 @needs_triton
 def test_fused_linear_loss_with_triton_matches_unfused():
-    from todi.kernels import fused_linear_loss
-
     g = torch.Generator().manual_seed(25)
     hidden = (torch.randn(2, 7, 16, generator=g)).to(DEVICE)
     weight = (torch.randn(V, 16, generator=g) * 0.3).to(DEVICE)
@@ -280,7 +278,7 @@ def test_fused_linear_loss_with_triton_matches_unfused():
     def run(fused):
         h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
         if fused:
-            out = fused_linear_loss(h, w, None, labels, teacher, crit, chunk_rows=5)
+            out = crit.loss_from_hidden(h, w, None, labels, teacher, chunk_size=5)
         else:
             out = crit(h @ w.t(), labels, teacher)
         out.loss.backward()

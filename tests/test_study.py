@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from todi import study
+from todi.divergences import DIVERGENCES
 
 SMALL = ["--vocab", "200", "--contexts", "16", "--rank", "3", "--steps", "25"]
 
@@ -19,7 +20,7 @@ def test_study_writes_its_table_and_plot(tmp_path, capsys):
     assert table in printed
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| objective")]
     assert [row.split(" | ")[0][2:] for row in rows] == [label for label, _, _ in study.RUNS]
-    assert len(study.RUNS) == 11 and sum(adakd for _, _, adakd in study.RUNS) == 3
+    assert len(study.RUNS) == len(DIVERGENCES) + 3 and sum(adakd for _, _, adakd in study.RUNS) == 3
     assert (tmp_path / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.md", "study.png"]  # no temporary files left
 

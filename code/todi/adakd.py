@@ -48,36 +48,30 @@ import torch.distributed as dist
 from torch import Tensor
 
 from todi.criterion import KDPlan
-from todi.divergences import _check_inputs, _log_probs, _sum_entries, forward_kl_terms, reverse_kl_terms
+from todi.kernels.chunking import rows_per_chunk
+from todi.objectives import check_logits, get, log_probs, sum_entries
+from todi.objectives.math import TINY
 
-__all__ = ["AdaKD", "DIFFICULTIES", "CHUNK_ELEMENTS", "difficulty", "hellinger", "idts_temperature"]
-
-# Rows of a difficulty chunk are chosen so that one float32 chunk holds at most this many entries
-# (64 MiB); the few temporaries of the row functions are of the same size.
-CHUNK_ELEMENTS = 1 << 24
-
-_TINY = torch.finfo(torch.float32).tiny
+__all__ = ["AdaKD", "DIFFICULTIES", "difficulty", "hellinger", "idts_temperature"]
 
 
 # --------------------------------------------------------------------------------------------
 # Difficulty scores: functions of sanitized log-probabilities (s, t, keep) [rows, V] -> [rows].
 # --------------------------------------------------------------------------------------------
 
-def _hellinger_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
+def _hellinger_score(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
     # √p − √q as exp(t/2) − exp(s/2): no square root of tiny probabilities, exact where p or q is 0.
     gap = (0.5 * t).exp() - (0.5 * s).exp()
-    return (0.5 * _sum_entries(gap * gap, keep)).sqrt().clamp(max=1.0)
+    return (0.5 * sum_entries(gap * gap, keep)).sqrt().clamp(max=1.0)
 
 
-def _forward_kl_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
-    return _sum_entries(forward_kl_terms(s, t), keep).clamp_min(0.0)
+def _objective_score(name: str) -> Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]:
+    """A registered parameter-free divergence as a difficulty (its terms from the registry)."""
+    terms = get(name).terms
+    return lambda s, t, keep, labels: sum_entries(terms(s, t, keep), keep).clamp_min(0.0)
 
 
-def _reverse_kl_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
-    return _sum_entries(reverse_kl_terms(s, t), keep).clamp_min(0.0)
-
-
-def _cross_entropy_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
+def _cross_entropy_score(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | None) -> Tensor:
     # −log q(y): the student's cross-entropy on the data token y (the official code's "ce" rule);
     # 0 where the position has no label (ignore_index).
     vocab = s.shape[-1]
@@ -86,19 +80,19 @@ def _cross_entropy_rows(s: Tensor, t: Tensor, keep: Tensor, labels: Tensor | Non
     return torch.where(valid, -picked, 0.0).clamp_min(0.0)
 
 
-_ROWS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]] = {
-    "hellinger": _hellinger_rows,
-    "forward_kl": _forward_kl_rows,
-    "reverse_kl": _reverse_kl_rows,
-    "cross_entropy": _cross_entropy_rows,
+_SCORES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]] = {
+    "hellinger": _hellinger_score,
+    "forward_kl": _objective_score("forward_kl"),
+    "reverse_kl": _objective_score("reverse_kl"),
+    "cross_entropy": _cross_entropy_score,
 }
-DIFFICULTIES = tuple(_ROWS)
+DIFFICULTIES = tuple(_SCORES)
 
 
 def _check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
     if not isinstance(student_logits, Tensor) or not isinstance(teacher_logits, Tensor):
         raise TypeError("student_logits and teacher_logits must be tensors of shape [..., V]")
-    _check_inputs(student_logits, teacher_logits, None, 1.0)  # shapes and dtypes, as divergence() checks them
+    check_logits(student_logits, teacher_logits)  # shapes and dtypes, as divergence() checks them
     if isinstance(temperature, Tensor) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
 
@@ -111,17 +105,17 @@ def difficulty(
     temperature: float = 1.0,
     *,
     labels: Tensor | None = None,
-    chunk_rows: int | None = None,
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Per-position difficulty ``[...]`` (float32, no grad) of student ``[..., V]`` vs teacher ``[..., V]``.
 
     ``name``: "hellinger" (default of AdaKD), "forward_kl", "reverse_kl", or "cross_entropy"
     (−log q(y) of the data token, needs ``labels`` ``[...]``: int64, negative where there is none),
     after dividing both logits by ``temperature``. Entries where either logit is ±inf are left out,
-    as in :mod:`todi.divergences`. Rows are processed ``chunk_rows`` at a time (default:
-    CHUNK_ELEMENTS // V).
+    as in :mod:`todi.objectives`. Rows are processed ``chunk_size`` at a time (default: the
+    device's chunk budget, :func:`todi.kernels.chunking.rows_per_chunk`).
     """
-    if name not in _ROWS:
+    if name not in _SCORES:
         raise ValueError(f"unknown difficulty {name!r}; valid: {', '.join(DIFFICULTIES)}")
     _check_logits(student_logits, teacher_logits, temperature)
     if name == "cross_entropy":
@@ -131,33 +125,33 @@ def difficulty(
             raise ValueError(f"labels must have shape {tuple(student_logits.shape[:-1])}, got {tuple(labels.shape)}")
         flat_labels = labels.reshape(-1)
     vocab = student_logits.shape[-1]
-    if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // max(vocab, 1))
-    elif chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    rows_fn = _ROWS[name]
+    if chunk_size is None:
+        chunk_size = rows_per_chunk(student_logits[..., 0].numel(), vocab, student_logits.device.type)
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    score = _SCORES[name]
     # reshape is a view for the usual layouts (also for a vocabulary slice [..., :V]): no full copy.
     student = student_logits.detach().reshape(-1, vocab)
     teacher = teacher_logits.detach().reshape(-1, vocab)
     out = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
-    for start in range(0, student.shape[0], chunk_rows):
-        stop = start + chunk_rows
-        s, t, keep = _log_probs(student[start:stop], teacher[start:stop], temperature)
-        out[start:stop] = rows_fn(s, t, keep, flat_labels[start:stop] if name == "cross_entropy" else None)
+    for start in range(0, student.shape[0], chunk_size):
+        stop = start + chunk_size
+        s, t, keep = log_probs(student[start:stop], teacher[start:stop], temperature)
+        out[start:stop] = score(s, t, keep, flat_labels[start:stop] if name == "cross_entropy" else None)
     return out.view(student_logits.shape[:-1])
 
 
 def hellinger(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, *, chunk_rows: int | None = None
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, *, chunk_size: int | None = None
 ) -> Tensor:
     """Hellinger distance (1/√2)·‖√p − √q‖₂ per position: float32 ``[...]`` in [0, 1], no grad."""
-    return difficulty("hellinger", student_logits, teacher_logits, temperature, chunk_rows=chunk_rows)
+    return difficulty("hellinger", student_logits, teacher_logits, temperature, chunk_size=chunk_size)
 
 
 def _idts(scores: Tensor, median: Tensor, base: float, c: float) -> Tensor:
     # Scores at or below float32's smallest normal count as equal: a zero score or median gives a
     # finite log-ratio instead of ±inf or NaN.
-    log_ratio = scores.float().clamp_min(_TINY).log() - median.float().clamp_min(_TINY).log()
+    log_ratio = scores.float().clamp_min(TINY).log() - median.float().clamp_min(TINY).log()
     return (base * torch.exp(-c * torch.tanh(log_ratio))).detach()
 
 
@@ -233,7 +227,7 @@ class AdaKD:
             raise bad("warmup", "a fraction of the optimizer steps in [0, 1]", warmup)
         if not 0.0 < min_ratio <= 1.0:
             raise bad("min_ratio", "in (0, 1]", min_ratio)
-        if difficulty not in _ROWS:
+        if difficulty not in _SCORES:
             raise bad("difficulty", "one of " + ", ".join(DIFFICULTIES), difficulty)
         self.total_steps = total_steps
         self.c = float(c)

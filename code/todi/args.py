@@ -12,71 +12,80 @@ from __future__ import annotations
 import argparse
 import os
 
-from todi.divergences import DIVERGENCES, IMPLEMENTATIONS, canonical_name
+from todi.adakd import DIFFICULTIES
+from todi.kernels import IMPLEMENTATIONS
+from todi.objectives import Param, all_objectives, canonical_name, get
+from todi.plugins import load_plugins
 
-__all__ = ["build_parser", "parse_args", "check_args"]
+__all__ = ["build_parser", "check_args", "objective_kwargs", "parse_args", "run_identity"]
 
 CRITERIA = ("cross_entropy", "various_divergence")
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "noam")
-ADAKD_DIFFICULTIES = ("hellinger", "forward_kl", "reverse_kl", "cross_entropy")
+
+
+def _not_identity(action: argparse.Action) -> argparse.Action:
+    """Mark a flag that does not change what a run computes (logging, evaluation, I/O, labels):
+    a resumed run may change it. Every other flag is part of the run identity (:func:`run_identity`)."""
+    action.run_identity = False
+    return action
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--model-path", required=True, help="student: a Hugging Face model directory")
-    g.add_argument("--model-type", default="gpt2", help="label of the student family (recorded; the architecture comes from config.json)")
+    _not_identity(g.add_argument("--model-type", default="gpt2", help="label of the student family (recorded; the architecture comes from config.json)"))
     g.add_argument("--teacher-model-path", default=None, help="teacher: a Hugging Face model directory (KD only)")
-    g.add_argument("--teacher-model-type", default=None, help="label of the teacher family (recorded)")
+    _not_identity(g.add_argument("--teacher-model-type", default=None, help="label of the teacher family (recorded)"))
     g.add_argument("--teacher-peft-path", default=None, help="LoRA adapter merged into the teacher before training")
-    g.add_argument("--teacher-model-fp16", action="store_true",
+    _not_identity(g.add_argument("--teacher-model-fp16", action="store_true",
                    help="official flag; the teacher always uses the DeepSpeed config's precision, so this is "
-                        "only accepted together with an fp16 config")
-    g.add_argument("--model-dtype", choices=("fp16", "bf16", "fp32"), default=None,
-                   help="official flag; must agree with the DeepSpeed config's precision when given")
-    g.add_argument("--n-gpu", type=int, default=None,
-                   help="official flag: processes per node; checked against the launcher's when given")
+                        "only accepted together with an fp16 config"))
+    _not_identity(g.add_argument("--model-dtype", choices=("fp16", "bf16", "fp32"), default=None,
+                   help="official flag; must agree with the DeepSpeed config's precision when given"))
+    _not_identity(g.add_argument("--n-gpu", type=int, default=None,
+                   help="official flag: processes per node; checked against the launcher's when given"))
     g.add_argument("--gradient-checkpointing", action="store_true")
     g.add_argument("--peft", choices=("lora",), default=None, help="train a LoRA adapter instead of all weights")
     g.add_argument("--peft-lora-r", type=int, default=16)
     g.add_argument("--peft-lora-alpha", type=int, default=64)
     g.add_argument("--peft-lora-dropout", type=float, default=0.1)
-    g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forward")
+    _not_identity(g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forward"))
 
 
 def _runtime_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("runtime")
-    g.add_argument("--task", default=None, help="label of the run (recorded)")
-    g.add_argument("--base-path", default=None, help="project root (recorded)")
-    g.add_argument("--do-train", action="store_true", help="train (this entry point only trains; required)")
-    g.add_argument("--do-valid", action="store_true", help="evaluate on DATA_DIR/dev.jsonl every --eval-interval epochs")
-    g.add_argument("--save-dir", required=True, help="run directory: checkpoints, args.json, metrics.jsonl, resume state")
-    g.add_argument("--log-interval", type=int, default=10, help="optimizer steps between two log lines")
-    g.add_argument("--save-interval", type=int, default=1, help="epochs between two checkpoints")
-    g.add_argument("--eval-interval", type=int, default=1, help="epochs between two dev evaluations")
-    g.add_argument("--keep-best-n-checkpoints", type=int, default=3,
+    _not_identity(g.add_argument("--task", default=None, help="label of the run (recorded)"))
+    _not_identity(g.add_argument("--base-path", default=None, help="project root (recorded)"))
+    _not_identity(g.add_argument("--do-train", action="store_true", help="train (this entry point only trains; required)"))
+    _not_identity(g.add_argument("--do-valid", action="store_true", help="evaluate on DATA_DIR/dev.jsonl every --eval-interval epochs"))
+    _not_identity(g.add_argument("--save-dir", required=True, help="run directory: checkpoints, args.json, metrics.jsonl, resume state"))
+    _not_identity(g.add_argument("--log-interval", type=int, default=10, help="optimizer steps between two log lines"))
+    _not_identity(g.add_argument("--save-interval", type=int, default=1, help="epochs between two checkpoints"))
+    _not_identity(g.add_argument("--eval-interval", type=int, default=1, help="epochs between two dev evaluations"))
+    _not_identity(g.add_argument("--keep-best-n-checkpoints", type=int, default=3,
                    help="keep the N best checkpoints (dev ROUGE-L with --eval-gen, dev loss with --do-valid, "
-                        "else the N latest)")
+                        "else the N latest)"))
     g.add_argument("--criterion", choices=CRITERIA, default="cross_entropy",
                    help="cross_entropy: SFT; various_divergence: KD with --kd-objective")
-    g.add_argument("--eval-tqdm", action="store_true", help="progress bar during dev generation")
-    g.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; LOCAL_RANK wins")
-    g.add_argument("--resume", action="store_true",
+    _not_identity(g.add_argument("--eval-tqdm", action="store_true", help="progress bar during dev generation"))
+    _not_identity(g.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher; LOCAL_RANK wins"))
+    _not_identity(g.add_argument("--resume", action="store_true",
                    help="resume from SAVE_DIR/resume (an error if there is none); without it a run resumes "
-                        "automatically when that state exists, unless --no-resume")
-    g.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_DIR holds a resumable state")
-    g.add_argument("--state-interval", type=int, default=500,
-                   help="optimizer steps between two resumable states (also written at every epoch end); 0: epoch ends only")
-    g.add_argument("--stop-after-iters", type=int, default=None,
+                        "automatically when that state exists, unless --no-resume"))
+    _not_identity(g.add_argument("--no-resume", action="store_true", help="start from scratch even if SAVE_DIR holds a resumable state"))
+    _not_identity(g.add_argument("--state-interval", type=int, default=500,
+                   help="optimizer steps between two resumable states (also written at every epoch end); 0: epoch ends only"))
+    _not_identity(g.add_argument("--stop-after-iters", type=int, default=None,
                    help="leave after this many optimizer steps of this invocation, with a resumable state "
-                        "(for time-limited jobs; rerun the same command to continue)")
+                        "(for time-limited jobs; rerun the same command to continue)"))
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data-dir", required=True, help="directory with train.jsonl and dev.jsonl (prompt, output)")
-    g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes for collation")
+    _not_identity(g.add_argument("--num-workers", type=int, default=1, help="DataLoader worker processes for collation"))
     g.add_argument("--train-num", type=int, default=-1, help="use the first N training examples (-1: all)")
-    g.add_argument("--dev-num", type=int, default=-1, help="use the first N dev examples (-1: all)")
+    _not_identity(g.add_argument("--dev-num", type=int, default=-1, help="use the first N dev examples (-1: all)"))
     g.add_argument("--max-prompt-length", type=int, default=512, help="prompt tokens kept: the last ones, as in generation (the official code kept the first ones)")
     g.add_argument("--max-length", type=int, default=1024, help="prompt + response tokens (incl. EOS) kept")
     g.add_argument("--pad-to-max-length", action="store_true",
@@ -90,7 +99,7 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 def _hp_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("hyper-parameters")
     g.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
-    g.add_argument("--eval-batch-size", type=int, default=32)
+    _not_identity(g.add_argument("--eval-batch-size", type=int, default=32))
     g.add_argument("--gradient-accumulation-steps", type=int, default=1)
     g.add_argument("--clip-grad", type=float, default=1.0, help="gradient clipping by global norm (0: off)")
     g.add_argument("--num-epochs", type=int, default=None)
@@ -106,28 +115,85 @@ def _hp_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--kd-rate", type=float, default=0.5, help="weight of the divergence; 1 − kd_rate weighs the CE")
     g.add_argument("--kd-temperature", type=float, default=1.0, help="applied to both logits, no T² factor")
     g.add_argument("--kd-objective", default="forward_kl",
-                   help="one of " + ", ".join(DIVERGENCES) + " (or an alias)")
-    g.add_argument("--todi-beta", type=float, default=1.0, help="ToDi: α = sigmoid(β·log(p/q))")
-    g.add_argument("--skew-lambda", type=float, default=0.1, help="skewed KLs: mixing weight λ")
-    g.add_argument("--adaptive-kl-alpha", type=float, default=0.5, help="adaptive KL: tail mass α")
+                   help="one of " + ", ".join(o.name for o in all_objectives()) + " (or an alias)")
+    _objective_param_args(parser)
     g.add_argument("--kd-impl", choices=IMPLEMENTATIONS, default="auto", help="implementation of the divergence")
-    g.add_argument("--fused-lm-head", action="store_true",
+    _not_identity(g.add_argument("--fused-lm-head", action="store_true",
                    help="compute the student's lm_head, CE and KD chunk by chunk from its hidden states, never "
-                        "holding its logits (saves their memory; not with --adakd or --kd-impl reference)")
+                        "holding its logits (saves their memory; not with --adakd or --kd-impl reference)"))
+
+
+def objective_flags() -> dict[str, list[tuple[str, Param]]]:
+    """Every objective parameter's flag → [(objective, Param)], from the registry (flags may be shared)."""
+    flags: dict[str, list[tuple[str, Param]]] = {}
+    for objective in all_objectives():
+        for p in objective.params:
+            if p.flag:
+                flags.setdefault(p.flag, []).append((objective.name, p))
+    return flags
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _objective_param_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("objective parameters (from the objective registry; only the chosen one's apply)")
+    for flag, owners in objective_flags().items():
+        p = owners[0][1]
+        names = ", ".join(name for name, _ in owners)
+        g.add_argument(flag, type=float, default=None, metavar=p.name.upper(),
+                       help=f"{p.help} (default {p.default:g}, range {p.range_text}; {names})")
+
+
+def objective_kwargs(args: argparse.Namespace) -> dict[str, float]:
+    """The chosen objective's parameters (keyword → value) from its flags (after :func:`check_args`)."""
+    record = get(args.kd_objective)
+    return {p.name: getattr(args, _dest(p.flag)) for p in record.params if p.flag}
+
+
+def _check_objective_params(args: argparse.Namespace, fail) -> None:
+    """Fill the chosen objective's flags with their defaults and check them; a flag of another
+    objective is an error (it would be silently ignored)."""
+    chosen = get(args.kd_objective) if args.criterion == "various_divergence" else None
+    mine = {p.flag for p in chosen.params} if chosen is not None else set()
+    for flag, owners in objective_flags().items():
+        dest = _dest(flag)
+        value = getattr(args, dest)
+        if flag not in mine:
+            if value is not None:
+                fail(f"{flag} is a parameter of {', '.join(n for n, _ in owners)}, not of "
+                     f"{chosen.name if chosen else 'SFT (--criterion cross_entropy)'}")
+            continue
+        param = next(p for name, p in owners if name == chosen.name)
+        try:
+            setattr(args, dest, param.check(param.default if value is None else value, chosen.name))
+        except ValueError as e:
+            fail(str(e))
+    if chosen is not None and chosen.check is not None:
+        try:
+            chosen.check(objective_kwargs(args))
+        except ValueError as e:
+            fail(str(e))
 
 
 def _generation_args(parser: argparse.ArgumentParser) -> None:
+    """Dev generation only scores checkpoints: none of these flags is part of the run identity."""
     g = parser.add_argument_group("generation (dev evaluation; use the same values for the test evaluation)")
-    g.add_argument("--eval-gen", action="store_true", help="sample answers to the dev prompts and score ROUGE-L")
-    g.add_argument("--do-sample", action="store_true")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=6)
-    g.add_argument("--dev-no-repeat-ngram-size", type=int, default=None,
+
+    def add(*names, **kwargs):
+        return _not_identity(g.add_argument(*names, **kwargs))
+
+    add("--eval-gen", action="store_true", help="sample answers to the dev prompts and score ROUGE-L")
+    add("--do-sample", action="store_true")
+    add("--top-k", type=int, default=0)
+    add("--top-p", type=float, default=1.0)
+    add("--temperature", type=float, default=1.0)
+    add("--no-repeat-ngram-size", type=int, default=6)
+    add("--dev-no-repeat-ngram-size", type=int, default=None,
                    help="override --no-repeat-ngram-size for dev generation only (the official code used 0 "
                         "there); default: the same as the test")
-    g.add_argument("--eval-gen-repeat-times", type=int, default=3,
+    add("--eval-gen-repeat-times", type=int, default=3,
                    help="dev ROUGE-L is the mean over this many samplings (seeds SEED, SEED+1, ...)")
 
 
@@ -140,16 +206,24 @@ def _adakd_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--adakd-delta", type=float, default=0.05)
     g.add_argument("--adakd-warmup", type=float, default=0.05, help="fraction of the optimizer steps")
     g.add_argument("--adakd-min-ratio", type=float, default=0.1)
-    g.add_argument("--adakd-difficulty", choices=ADAKD_DIFFICULTIES, default="hellinger")
+    g.add_argument("--adakd-difficulty", choices=DIFFICULTIES, default="hellinger")
 
 
 def _deepspeed_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("DeepSpeed")
-    g.add_argument("--deepspeed", action="store_true",
-                   help="official flag; training always runs on DeepSpeed")
-    g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
+    _not_identity(g.add_argument("--deepspeed", action="store_true",
+                   help="official flag; training always runs on DeepSpeed"))
+    _not_identity(g.add_argument("--deepspeed_config", "--deepspeed-config", dest="deepspeed_config", required=True,
                    help="DeepSpeed JSON (precision, ZeRO stage); batch size, accumulation and clipping come "
-                        "from the command line")
+                        "from the command line"))
+
+
+def _plugin_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("plug-ins")
+    _not_identity(g.add_argument(
+        "--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+        help="a Python file or module imported before the flags are read, e.g. one that registers an objective "
+             "(todi.objectives.register); repeatable"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,9 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="SFT and knowledge distillation (ToDi and the other divergences) on DeepSpeed.",
         allow_abbrev=False,
     )
-    for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args):
+    for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args,
+                _plugin_args):
         add(parser)
     return parser
+
+
+def run_identity(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
+    """The settings a resumed run must share with the run that wrote its state: every flag not
+    marked otherwise (:func:`_not_identity`, the generation group), with the objective parameters
+    from the registry."""
+    parser = parser or build_parser()
+    chosen = get(args.kd_objective) if args.criterion == "various_divergence" else None
+    mine = {_dest(p.flag) for p in chosen.params} if chosen is not None else set()
+    others = {_dest(flag) for flag in objective_flags()} - mine  # unused: not part of what the run computes
+    keys = [a.dest for a in parser._actions
+            if a.dest != "help" and getattr(a, "run_identity", True) and a.dest not in others]
+    return {k: getattr(args, k, None) for k in keys}
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -202,6 +290,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             fail("--criterion cross_entropy (SFT) uses no teacher; drop --teacher-model-path/--teacher-peft-path")
         if args.adakd:
             fail("--adakd needs --criterion various_divergence")
+    _check_objective_params(args, fail)
     if args.fused_lm_head and (args.adakd or args.kd_impl == "reference"):
         fail("--fused-lm-head works with the memory-efficient kernels only: drop --adakd (it needs the student's "
              "logits) and --kd-impl reference")
@@ -217,4 +306,13 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Load the ``--plugin`` modules first (they may register objectives, whose flags the parser
+    then offers), then parse and check everything."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(argv)
+    try:
+        load_plugins(known.plugin)
+    except (ImportError, OSError, ValueError) as e:
+        raise SystemExit(f"distillation.py: error: --plugin: {e}") from None
     return check_args(build_parser().parse_args(argv))

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from todi import kernels
-from todi.divergences import IMPLEMENTATIONS, PARAMS, Temperature, canonical_name, divergence, todi_alpha
+from todi.kernels import IMPLEMENTATIONS
+from todi.labels import IGNORE_INDEX
+from todi.objectives import Temperature, canonical_name, get
 
-__all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "loss_scale"]
-
-IGNORE_INDEX = -100
+__all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
 
 
 @dataclass
@@ -36,14 +36,16 @@ class LossOutput:
     num_tokens: scalar int64, the number of response tokens.
     stats: detached float32 scalars, each a *sum* over response tokens, to be reduced by the caller:
         ``ce`` (cross-entropy), ``kd`` (the weighted divergence as it enters the loss),
-        ``correct`` (argmax hits); with a teacher also ``kd_tokens`` (positions with a KD term) and
-        ``todi_alpha`` (with ``diagnostics=True`` and ToDi; a sum over the KD positions), plus what
-        a token planner (AdaKD) adds.
+        ``correct`` (argmax hits); with a teacher also ``kd_tokens`` (positions with a KD term),
+        plus what a token planner (AdaKD) adds.
+    diagnostics: with ``diagnostics=True``, the objective's named diagnostics (its registry
+        entry, e.g. ``todi_alpha``), each a sum over the KD positions (divide by ``kd_tokens``).
     """
 
     loss: Tensor
     num_tokens: Tensor
     stats: dict[str, Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,13 +102,11 @@ class DistillationLoss:
         objective: a divergence name (official or alias), or None for plain SFT (cross-entropy).
         kd_rate: weight of the divergence; 0 gives SFT through the same code path.
         temperature: KD temperature, applied to both logits (no T² factor, as the official code).
-        impl: loss implementation ("auto", "reference", "chunked", "triton"). Except for
-            "reference", the cross-entropy and the divergence are computed together by
-            :mod:`todi.kernels` (one memory-efficient pass over the logits, gradient computed in the
-            forward); "reference" is F.cross_entropy plus the plain divergences under autograd.
+        impl: loss implementation ("auto", "reference", "chunked", "triton"); every one computes
+            the same per-row CE + KD (:func:`todi.kernels.per_row_loss`): "reference" under
+            autograd, the others in one memory-efficient pass with the gradient computed in the forward.
         planner: optional :class:`TokenPlanner` (AdaKD) choosing tokens, temperatures and weights.
-        **params: objective parameters (beta, skew_lambda, adaptive_kl_alpha); only those the
-            objective takes are allowed.
+        **params: the objective's parameters (see its registry entry); checked here.
     """
 
     def __init__(
@@ -125,12 +125,12 @@ class DistillationLoss:
         self.objective = canonical_name(objective) if objective is not None else None
         if self.objective is None and kd_rate > 0:
             raise ValueError("kd_rate > 0 needs a KD objective; use objective=None only with kd_rate=0 (SFT)")
-        if self.objective is not None:
-            unknown = set(params) - set(PARAMS[self.objective])
-            if unknown:
-                raise TypeError(f"{self.objective} does not take {sorted(unknown)}")
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+        if self.objective is not None:
+            get(self.objective).resolve(params)  # unknown or out-of-range parameters fail here
+        self.spec = kernels.LossSpec.make(self.objective, params) if self.objective is not None and kd_rate > 0 \
+            else kernels.LossSpec(None)
         self.kd_rate = float(kd_rate)
         self.temperature = float(temperature)
         self.impl = impl
@@ -142,14 +142,8 @@ class DistillationLoss:
     def uses_teacher(self) -> bool:
         return self.objective is not None and self.kd_rate > 0
 
-    def __call__(
-        self,
-        student_logits: Tensor,
-        labels: Tensor,
-        teacher_logits: Tensor | None = None,
-        *,
-        diagnostics: bool = False,
-    ) -> LossOutput:
+    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, *,
+                 diagnostics: bool = False) -> LossOutput:
         """Loss of one micro-batch.
 
         Args:
@@ -158,102 +152,81 @@ class DistillationLoss:
             teacher_logits: ``[B, L, V_t]``, required when the loss uses a teacher. If V_s ≠ V_t
                 (vocabularies padded to different sizes), both are compared over the first
                 min(V_s, V_t) entries; the caller checks that the padding is all that differs.
-            diagnostics: also compute costlier statistics (mean ToDi α).
+            diagnostics: also compute the objective's diagnostics (e.g. mean ToDi α).
         """
-        if student_logits.shape[:-1] != labels.shape:
-            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
+        self._check_shapes(student_logits.shape, labels, teacher_logits, "logits")
+        impl = kernels.resolve(self.impl, student_logits, self.spec)
+        vocab = student_logits.shape[-1]
+        if self.uses_teacher:
+            vocab = min(vocab, teacher_logits.shape[-1])
+        plan = self._plan(student_logits[..., :vocab], teacher_logits, labels, vocab)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan)
+        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
+        return self._output(rows, labels, plan)
+
+    def loss_from_hidden(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                         teacher_logits: Tensor | None = None, *, diagnostics: bool = False,
+                         chunk_size: int | None = None) -> LossOutput:
+        """The same loss with the student's logits ``hidden @ weight.T + bias`` never materialised
+        (:func:`todi.kernels.fused_linear_loss`): ``hidden`` ``[B, L, H]``, ``weight`` ``[V_s, H]``."""
+        if self.planner is not None:
+            raise ValueError("the fused lm_head path does not support a token planner (AdaKD needs the full logits)")
+        self._check_shapes(hidden.shape, labels, teacher_logits, "hidden states")
+        impl = kernels.resolve(self.impl, hidden, self.spec)
+        if impl == "reference":
+            raise ValueError("the fused lm_head path computes gradients in the forward: use impl auto, chunked or triton")
+        vocab = weight.shape[0] if not self.uses_teacher else min(weight.shape[0], teacher_logits.shape[-1])
+        h = hidden.reshape(-1, hidden.shape[-1])
+        inputs = self._inputs(h, vocab, labels, teacher_logits, None)
+        rows = kernels.fused_linear_loss(impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
+                                         chunk_size=chunk_size)
+        return self._output(rows, labels, None)
+
+    def _check_shapes(self, student_shape, labels: Tensor, teacher_logits: Tensor | None, what: str) -> None:
+        if student_shape[:-1] != labels.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match {what} {tuple(student_shape)}")
         if self.uses_teacher:
             if teacher_logits is None:
                 raise ValueError(f"objective {self.objective} with kd_rate {self.kd_rate} needs teacher logits")
-            if teacher_logits.shape[:-1] != student_logits.shape[:-1]:
-                raise ValueError(
-                    f"teacher logits {tuple(teacher_logits.shape)} do not match student logits "
-                    f"{tuple(student_logits.shape)} in their leading dimensions"
-                )
-        impl = kernels.resolve(self.impl, student_logits)
-        if impl == "reference":
-            return self._reference(student_logits, labels, teacher_logits, diagnostics)
-        return self._rows(impl, student_logits, labels, teacher_logits, diagnostics)
+            if teacher_logits.shape[:-1] != student_shape[:-1]:
+                raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match {what} "
+                                 f"{tuple(student_shape)} in their leading dimensions")
 
-    def _plan(self, student_kd: Tensor, teacher_kd: Tensor, mask: Tensor, labels: Tensor) -> KDPlan:
+    def _plan(self, student_kd: Tensor, teacher_logits: Tensor | None, labels: Tensor, vocab: int) -> KDPlan | None:
+        if not self.uses_teacher:
+            return None
+        mask = labels.ne(self.ignore_index)
         if self.planner is not None:
-            return self.planner.plan(student_kd, teacher_kd, mask, self.temperature, labels=labels)
+            return self.planner.plan(student_kd, teacher_logits[..., :vocab], mask, self.temperature, labels=labels)
         return KDPlan(mask=mask, temperature=self.temperature)
 
-    def _rows(self, impl: str, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, diagnostics: bool) -> LossOutput:
-        """CE and KD in one memory-efficient pass over the logits (:mod:`todi.kernels`)."""
-        mask = labels.ne(self.ignore_index)
-        shape = labels.shape
-        student = kernels.as_rows(student_logits)
-        ce_weight = 1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0
-        plan, spec, teacher, vocab = None, kernels.LossSpec(None), None, student.shape[1]
+    def _inputs(self, student_rows: Tensor, vocab: int, labels: Tensor, teacher_logits: Tensor | None,
+                plan: KDPlan | None) -> "kernels.LossInputs":
+        """The per-row inputs of CE + KD, assembled in this one place for every implementation."""
+        shape, device = labels.shape, student_rows.device
         kd_weight: float | Tensor = 0.0
+        teacher, kd_mask, temperature = None, None, 1.0
         if self.uses_teacher:
-            vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-            plan = self._plan(student_logits[..., :vocab], teacher_logits[..., :vocab], mask, labels)
-            spec = kernels.LossSpec.make(self.objective, self.params)
-            teacher = kernels.as_rows(teacher_logits)
+            teacher = kernels.flatten_rows(teacher_logits)
+            plan = plan if plan is not None else KDPlan(mask=labels.ne(self.ignore_index), temperature=self.temperature)
+            kd_mask, temperature = plan.mask.reshape(-1), plan.temperature
             kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
-        inp = kernels.RowsInput(
-            student=student,
-            teacher=teacher,
-            vocab=vocab,
-            labels=labels.reshape(-1),
-            kd_mask=plan.mask.reshape(-1) if plan is not None else None,
-            temperature=kernels.per_row(plan.temperature if plan is not None else 1.0, shape, student.device),
-            kd_weight=kernels.per_row(kd_weight, shape, student.device),
-            ce_weight=ce_weight,
-            ignore_index=self.ignore_index,
+        return kernels.LossInputs(
+            student=student_rows, teacher=teacher, vocab=vocab, labels=labels.reshape(-1), kd_mask=kd_mask,
+            temperature=kernels.broadcast_rows(temperature, shape, device),
+            kd_weight=kernels.broadcast_rows(kd_weight, shape, device),
+            ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0, ignore_index=self.ignore_index,
         )
-        rows = kernels.loss_rows(impl, spec, inp, want_alpha=diagnostics and self.objective == "ToDi")
-        stats = {"ce": rows.ce.sum(), "correct": rows.correct.sum()}
-        if plan is not None:
-            kd_rows = rows.kd if plan.weight is None else rows.kd * plan.weight.reshape(-1).float()
-            stats["kd"] = kd_rows.sum()
-            stats["kd_tokens"] = plan.mask.sum().float()
-            stats.update(plan.stats)
-            if rows.alpha is not None:
-                stats["todi_alpha"] = rows.alpha.sum()
-        return LossOutput(loss=rows.loss.sum(), num_tokens=mask.sum(), stats=stats)
 
-    def _reference(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None, diagnostics: bool) -> LossOutput:
-        """The plain path: F.cross_entropy and the reference divergences under autograd."""
+    def _output(self, rows: "kernels.PerRowLoss", labels: Tensor, plan: KDPlan | None) -> LossOutput:
+        """The micro-batch's LossOutput from its per-row losses: sums, statistics, diagnostics."""
         mask = labels.ne(self.ignore_index)
-        num_tokens = mask.sum()
-
-        if self.kd_rate < 1.0:
-            ce = cross_entropy_sum(student_logits, labels, self.ignore_index)
-        else:
-            with torch.no_grad():
-                ce = cross_entropy_sum(student_logits, labels, self.ignore_index)
-        with torch.no_grad():
-            correct = (student_logits.argmax(-1).eq(labels) & mask).sum().float()
-        stats = {"ce": ce.detach().float(), "correct": correct}
-
-        if not self.uses_teacher:
-            return LossOutput(loss=ce, num_tokens=num_tokens, stats=stats)
-
-        vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-        student_kd = student_logits[..., :vocab]
-        teacher_kd = teacher_logits[..., :vocab]
-        plan = self._plan(student_kd, teacher_kd, mask, labels)
-        per_token = divergence(
-            self.objective,
-            student_kd,
-            teacher_kd,
-            temperature=plan.temperature,
-            mask=plan.mask,
-            impl="reference",
-            **self.params,
-        )
-        if plan.weight is not None:
-            per_token = per_token * plan.weight
-        kd = per_token.sum()
-        loss = (1.0 - self.kd_rate) * ce + self.kd_rate * kd if self.kd_rate < 1.0 else kd
-        stats["kd"] = kd.detach()
-        stats["kd_tokens"] = plan.mask.sum().float()
-        stats.update(plan.stats)
-        if diagnostics and self.objective == "ToDi":
-            alpha = todi_alpha(student_kd, teacher_kd, temperature=plan.temperature, beta=self.params.get("beta", 1.0))
-            stats["todi_alpha"] = torch.where(plan.mask, alpha, 0.0).sum()
-        return LossOutput(loss=loss, num_tokens=num_tokens, stats=stats)
+        stats = {"ce": rows.ce.sum(), "correct": rows.correct.sum()}
+        if self.uses_teacher:
+            weight = plan.weight if plan is not None else None
+            stats["kd"] = (rows.kd if weight is None else rows.kd * weight.reshape(-1).float()).sum()
+            stats["kd_tokens"] = (plan.mask if plan is not None else mask).sum().float()
+            if plan is not None:
+                stats.update(plan.stats)
+        diagnostics = {name: value.sum() for name, value in rows.diagnostics.items()}
+        return LossOutput(loss=rows.loss.sum(), num_tokens=mask.sum(), stats=stats, diagnostics=diagnostics)

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from todi.labels import IGNORE_INDEX
+
 __all__ = [
     "Batch",
     "Collator",
@@ -74,9 +76,6 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ("prompt", "output"
 # --------------------------------------------------------------------------------------------
 # Tokenisation: prompt + response (+ EOS), only the response supervised.
 # --------------------------------------------------------------------------------------------
-
-IGNORE_INDEX = -100
-
 
 @dataclass
 class TokenizedExample:

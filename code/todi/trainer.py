@@ -27,11 +27,11 @@ from torch import Tensor
 from todi import checkpoint as ckpt
 from todi import ds_config
 from todi.batching import epoch_plan
-from todi.criterion import IGNORE_INDEX, DistillationLoss, LossOutput, cross_entropy_sum, loss_scale
+from todi.criterion import DistillationLoss, LossOutput, cross_entropy_sum, loss_scale
 from todi.data import Batch, Collator, DataError, Split, load_split
 from todi.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
-from todi.divergences import objective_params
-from todi.kernels import fused_student_loss
+from todi.fused_head import fused_student_loss
+from todi.labels import IGNORE_INDEX
 from todi.log import MetricsLog, format_record, logger, setup_logging
 from todi.models import (
     build_student,
@@ -42,20 +42,9 @@ from todi.models import (
     same_tokenizer,
 )
 from todi.schedule import build_scheduler
+from todi.args import objective_kwargs, run_identity
 
 __all__ = ["Trainer", "main", "sampling_config", "student_loss", "teacher_forward"]
-
-# Settings a resumed run must share with the run that wrote the state (else it is another run).
-RUN_KEYS = (
-    "model_path", "teacher_model_path", "teacher_peft_path", "data_dir", "train_num", "max_length",
-    "max_prompt_length", "batch_size", "gradient_accumulation_steps", "clip_grad", "num_epochs", "total_iters",
-    "seed", "lr", "lr_min", "weight_decay", "warmup_iters", "lr_decay_style", "criterion", "kd_objective",
-    "kd_rate", "kd_temperature", "todi_beta", "skew_lambda", "adaptive_kl_alpha", "kd_impl", "peft",
-    "peft_lora_r", "peft_lora_alpha", "peft_lora_dropout", "gradient_checkpointing", "pad_to_max_length",
-    "group_by_length", "adakd", "adakd_c", "adakd_ema", "adakd_eps", "adakd_delta", "adakd_warmup",
-    "adakd_min_ratio", "adakd_difficulty", "world_size", "precision", "zero_stage",
-)
-
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
                  *, diagnostics: bool = False, fused: bool = False) -> LossOutput:
@@ -231,8 +220,7 @@ class Trainer:
                 difficulty=args.adakd_difficulty,
             )
         if args.criterion == "various_divergence":
-            params = objective_params(args.kd_objective, beta=args.todi_beta, skew_lambda=args.skew_lambda,
-                                      adaptive_kl_alpha=args.adaptive_kl_alpha)
+            params = objective_kwargs(args)
             self.criterion = DistillationLoss(args.kd_objective, kd_rate=args.kd_rate, temperature=args.kd_temperature,
                                               impl=args.kd_impl, planner=self.adakd, **params)
         else:
@@ -280,8 +268,8 @@ class Trainer:
             return None
         saved_path = self.save_dir / "args.json"
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
-        current = {**vars(args), **run_info}
-        differ = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in RUN_KEYS if saved.get(k) != current.get(k)]
+        current = {**run_identity(args), **run_info}
+        differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
         if differ:
             raise SystemExit(f"{self.save_dir} holds the state of a different run ({'; '.join(differ)}); "
                              "use another --save-dir, or --no-resume to start over")
@@ -381,11 +369,10 @@ class Trainer:
 
     def _add_stats(self, out: LossOutput, diagnostics: bool) -> None:
         for name, value in out.stats.items():
-            if name == "todi_alpha":
-                self.metrics.add("todi_alpha", value)
-                self.metrics.add("todi_alpha_tokens", out.stats["kd_tokens"])
-            else:
-                self.metrics.add(name, value)
+            self.metrics.add(name, value)
+        for name, value in out.diagnostics.items():  # the objective's named diagnostics, per KD token
+            self.metrics.add(f"diagnostic/{name}", value)
+            self.metrics.add(f"diagnostic_tokens/{name}", out.stats["kd_tokens"])
         if "kd" in out.stats:
             self.epoch_metrics.add("kd", out.stats["kd"])
             self.epoch_metrics.add("kd_tokens", out.stats["kd_tokens"])
@@ -402,8 +389,9 @@ class Trainer:
         if kd_tokens is not None:
             record["kd"] = sums.pop("kd") / max(kd_tokens, 1.0)
             record["kd_token_ratio"] = kd_tokens / tokens  # < 1 when a planner (AdaKD) skips tokens
-        if "todi_alpha" in sums:
-            record["todi_alpha"] = sums.pop("todi_alpha") / max(sums.pop("todi_alpha_tokens"), 1.0)
+        for name in [k for k in sums if k.startswith("diagnostic/")]:
+            short = name.split("/", 1)[1]
+            record[short] = sums.pop(name) / max(sums.pop(f"diagnostic_tokens/{short}"), 1.0)
         record["lr"] = float(self.scheduler.get_last_lr()[0])
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:

@@ -1,56 +1,61 @@
-"""Memory-efficient implementations of the divergences (semantics: :mod:`todi.divergences`).
+"""Memory-efficient implementations of the loss (semantics: :mod:`todi.objectives`).
 
 Implementations (``impl``):
 
-* ``"reference"``: the plain functions of :mod:`todi.divergences` under autograd.
+* ``"reference"``: the objectives' plain terms under autograd (:func:`reference_loss`).
 * ``"chunked"``: pure torch, a chunk of positions at a time, the gradient with respect to the
   student logits computed during the forward; only per-position values and that gradient are
-  kept (:mod:`todi.kernels.chunked`). Default on CPU, fallback everywhere.
-* ``"triton"``: CUDA kernels with an online log-sum-exp: two passes over the logits for forward
-  and reverse KL, three for the other objectives, more for AKL's tail search (rows holding a ±inf
-  take masked loops) (:mod:`todi.kernels.triton_rows`; launch settings from
-  ``TODI_TRITON_CONFIG=warps,vectors,programs_per_sm[,stages]`` when set).
-* ``"auto"``: triton for CUDA tensors when triton imports, else chunked.
+  kept (:mod:`todi.kernels.chunked`). Runs every registered objective; default on CPU.
+* ``"triton"``: CUDA kernels with an online log-sum-exp (:mod:`todi.kernels.triton_backend`;
+  launch settings from ``TODI_TRITON_CONFIG=warps,vectors,programs_per_sm[,stages]`` when set),
+  for the objectives whose registry entry names a Triton branch.
+* ``"auto"``: triton for CUDA tensors when triton imports and the objective has a branch, else
+  chunked (with one log line per objective that has none).
 
-The cross-entropy can be fused in (:func:`loss_rows`, used by the criterion): the student's
-log-sum-exp is shared when the temperature is 1, and the gradient of the weighted CE + KD is
-written once. AKL's head/tail split follows the reference's stable sort: of teacher
-probabilities tied at the tail boundary, the lower vocabulary indices go to the tail first (the
-chunked path sorts; the Triton path searches the boundary value without sorting and ranks the
-ties in vocabulary order, equal up to float32 rounding of the cumulative mass at the boundary).
+The cross-entropy is fused in (:func:`per_row_loss`): the student's log-sum-exp is shared when
+the temperature is 1, and the gradient of the weighted CE + KD is written once. AKL's head/tail
+split follows the reference's stable sort: of teacher probabilities tied at the tail boundary,
+the lower vocabulary indices go to the tail first (the chunked path sorts; the Triton path
+searches the boundary value without sorting and ranks the ties in vocabulary order, equal up to
+float32 rounding of the cumulative mass at the boundary).
 
 The chunked and Triton paths return the reference's values and its autograd gradient for the
 student logits. They do not differentiate with respect to the teacher logits or a temperature
 tensor: when either requires grad, the reference runs instead (same results, reference memory).
 A second backward through the same output is an error (the gradient buffer is freed after the
-first one).
+first one). This package imports only :mod:`todi.objectives` (and :mod:`todi.labels`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
 from torch import Tensor
 
-from todi.kernels.rows import LossRows, loss_rows, reference_rows
-from todi.kernels.spec import LossSpec, RowsInput
+from todi.kernels.fused_linear import fused_linear_loss
+from todi.kernels.per_row_loss import PerRowLoss, per_row_loss, reference_loss
+from todi.kernels.spec import LossInputs, LossSpec
 
 __all__ = [
-    "LossRows",
+    "IMPLEMENTATIONS",
+    "LossInputs",
     "LossSpec",
-    "RowsInput",
-    "as_rows",
-    "divergence",
+    "PerRowLoss",
+    "broadcast_rows",
+    "flatten_rows",
     "fused_linear_loss",
-    "fused_student_loss",
-    "loss_rows",
-    "per_row",
-    "reference_rows",
+    "per_row_loss",
+    "reference_loss",
     "resolve",
     "triton_available",
 ]
+
+IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton")
+
+_log = logging.getLogger("todi")
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,70 +72,45 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve(impl: str, logits: Tensor) -> str:
-    """The implementation that ``impl`` means for tensors like ``logits``."""
+@functools.lru_cache(maxsize=None)
+def _note_no_triton(objective: str, params: tuple) -> None:
+    _log.info(f"objective {objective} {dict(params)} has no Triton branch: the chunked kernel runs instead")
+
+
+def resolve(impl: str, logits: Tensor, spec: LossSpec | None = None) -> str:
+    """The implementation that ``impl`` means for tensors like ``logits`` and the objective ``spec``."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
     if impl in ("reference", "chunked"):
         return impl
+    has_branch = spec is None or spec.objective is None or spec.triton_branch is not None
     if impl == "auto":
-        return "triton" if logits.is_cuda and triton_available() else "chunked"
-    if impl == "triton":
-        if not triton_available():
-            raise ValueError("impl='triton' needs the triton package (pip install triton); use 'chunked'")
-        if not (logits.is_cuda or _interpreting()):
-            raise ValueError(
-                f"impl='triton' needs CUDA tensors, got {logits.device} (or TRITON_INTERPRET=1 for the "
-                "CPU interpreter); use 'chunked' or 'auto'"
-            )
+        if not (logits.is_cuda and triton_available()):
+            return "chunked"
+        if not has_branch:
+            _note_no_triton(spec.objective, spec.params)
+            return "chunked"
         return "triton"
-    raise ValueError(f"unknown impl {impl!r}; valid: auto, reference, chunked, triton")
+    if not triton_available():
+        raise ValueError("impl='triton' needs the triton package (pip install triton); use 'chunked'")
+    if not (logits.is_cuda or _interpreting()):
+        raise ValueError(
+            f"impl='triton' needs CUDA tensors, got {logits.device} (or TRITON_INTERPRET=1 for the "
+            "CPU interpreter); use 'chunked' or 'auto'"
+        )
+    if not has_branch:
+        raise ValueError(f"objective {spec.objective} {spec.kwargs} has no Triton branch; use impl 'chunked' or 'auto'")
+    return "triton"
 
 
-def as_rows(x: Tensor) -> Tensor:
+def flatten_rows(x: Tensor) -> Tensor:
     """``[..., V]`` → ``[N, V]`` without a copy where the strides allow it; last dim contiguous."""
     rows = x.reshape(-1, x.shape[-1])
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def per_row(value: float | Tensor, shape: torch.Size, device) -> float | Tensor:
+def broadcast_rows(value: float | Tensor, shape: torch.Size, device) -> float | Tensor:
     """A float stays a float; a tensor broadcastable to ``shape`` becomes float32 ``[N]``."""
     if not isinstance(value, Tensor):
         return float(value)
     return value.to(device=device, dtype=torch.float32).broadcast_to(shape).reshape(-1)
-
-
-def divergence(
-    name: str,
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    *,
-    temperature: float | Tensor = 1.0,
-    mask: Tensor | None = None,
-    impl: str = "auto",
-    **params: float,
-) -> Tensor:
-    """:func:`todi.divergences.divergence` through a memory-efficient ``impl`` (already resolved).
-
-    Inputs are validated by the caller; returns float32 ``logits.shape[:-1]``.
-    """
-    shape = student_logits.shape[:-1]
-    student, teacher = as_rows(student_logits), as_rows(teacher_logits)
-    n = student.shape[0]
-    if mask is None:
-        kd_mask = torch.ones(n, dtype=torch.bool, device=student.device)
-    else:
-        kd_mask = mask.to(device=student.device, dtype=torch.bool).reshape(-1)
-    inp = RowsInput(
-        student=student,
-        teacher=teacher,
-        vocab=student.shape[1],
-        labels=None,
-        kd_mask=kd_mask,
-        temperature=per_row(temperature, shape, student.device),
-        kd_weight=1.0,
-        ce_weight=0.0,
-    )
-    return loss_rows(impl, LossSpec.make(name, params), inp).loss.reshape(shape)
-
-
-# After the definitions above, which the fused path imports.
-from todi.kernels.fused_head import fused_linear_loss, fused_student_loss  # noqa: E402

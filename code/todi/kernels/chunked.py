@@ -4,124 +4,41 @@ Only rows with a loss term are visited. For each chunk the divergence, the cross
 gradient of their weighted sum with respect to the student logits are computed in float32; the
 gradient is written into one ``[N, V_s]`` buffer in the student's dtype and nothing else of size
 V outlives the chunk. The float32 temporaries are a few ``chunk × V`` tensors, with the chunk sized
-by :func:`chunk_rows`, so the extra memory is the gradient buffer plus a small constant, instead of
-the reference's dozen ``N × V`` float32 tensors kept for autograd.
+by :func:`todi.kernels.chunking.rows_per_chunk`, so the extra memory is the gradient buffer plus a
+small constant, instead of the reference's dozen ``N × V`` float32 tensors kept for autograd.
 
-Gradient of a per-entry term f(s_i, t_i) summed over the kept entries, with s = log_softmax(z_s):
-``∂/∂z_j = g_j − q_j Σ_i g_i`` where ``g_i = ∂f/∂s_i`` (0 outside the kept entries) and q the
-student's softmax; the logits get that divided by the temperature. The ``g`` of each objective is
-derived in :func:`entry_terms`.
+Gradient of per-entry terms f(s, t) summed over the kept entries, with s = log_softmax(z_s):
+``∂/∂z_j = g_j − q_j Σ_i g_i`` where ``g_i = ∂(Σ f)/∂s_i`` (0 outside the kept entries) and q the
+student's softmax; the logits get that divided by the temperature. ``g`` comes from the
+objective's registry entry (``grad``), or from autograd on its ``terms`` when it has none.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from todi.divergences import _scaled, akl_head_weight
-from todi.kernels.spec import LossSpec, RowsInput, RowsResult
+from todi.kernels.chunking import rows_per_chunk
+from todi.kernels.spec import BackendOutput, LossInputs, LossSpec, take_rows
+from todi.objectives import Objective, scaled_logits, sum_entries
 
-__all__ = ["CHUNK_BYTES", "chunk_rows", "entry_terms", "forward"]
-
-# float32 bytes of one [chunk, V] temporary: cache-sized on a CPU; on a GPU large enough that
-# kernel launches do not dominate.
-CHUNK_BYTES = {"cpu": 2 * 1024 * 1024, "cuda": 64 * 1024 * 1024}
+__all__ = ["diagnostics", "entry_terms", "forward"]
 
 
-def chunk_rows(n_rows: int, vocab: int, device_type: str = "cpu") -> int:
-    """Rows per chunk: within ``CHUNK_BYTES`` per float32 temporary, and at most 1/16 of the rows
-    (so the temporaries stay a fraction of the ``N × V`` gradient even for small inputs)."""
-    by_bytes = max(1, CHUNK_BYTES.get(device_type, CHUNK_BYTES["cuda"]) // (4 * max(vocab, 1)))
-    return max(1, min(by_bytes, math.ceil(n_rows / 16)))
-
-
-def entry_terms(spec: LossSpec, s: Tensor, t: Tensor, q: Tensor, keep: Tensor | None, want_alpha: bool):
-    """Per-entry value ``f`` and derivative ``g = ∂f/∂s`` of the objective, both ``[C, V]``.
+def entry_terms(record: Objective, params: dict, s: Tensor, t: Tensor, q: Tensor, keep: Tensor | None):
+    """Per-entry value ``f`` and ``g = ∂(Σ f)/∂s`` of an objective, both float32 ``[C, V]``.
 
     ``s``, ``t`` are the log-probabilities (0 outside ``keep``, so every term is finite) and ``q``
     the student's probabilities (read only; it may differ from exp(s) outside ``keep``); ``keep``
-    is None when every entry counts. The caller zeroes ``f`` and ``g`` outside ``keep``. Also
-    returns ``p·α`` for ToDi's diagnostic when asked (else None).
+    is None when every entry counts. The caller zeroes ``f`` and ``g`` outside ``keep``.
     """
-    obj = spec.objective
-    alpha_p = None
-    if obj == "forward_kl":  # f = p (t − s)
-        p = t.exp()
-        f = p * (t - s)
-        g = p.neg_()
-    elif obj == "reverse_kl":  # f = q (s − t); g = q (s − t + 1)
-        d = s - t
-        f = q * d
-        g = d.add_(1.0).mul_(q)
-    elif obj == "js_divergence":  # m = (p+q)/2; f = ½[p(t − log m) + q(s − log m)]; g = ½ q (s − log m)
-        p = t.exp()
-        log_m = _log_clamped((p + q).mul_(0.5))
-        gs = s - log_m
-        f = (p.mul_(log_m.neg_().add_(t))).add_(q * gs).mul_(0.5)
-        g = gs.mul_(q).mul_(0.5)
-    elif obj == "tvd":  # f = ½|q − p|; g = ½ sign(q − p) q (sign(0) = 0, as autograd's abs)
-        diff = q - t.exp()
-        f = diff.abs().mul_(0.5)
-        g = diff.sign_().mul_(q).mul_(0.5)
-    elif obj == "skewed_forward_kl" and 0.0 < spec.skew_lambda < 1.0:
-        # M = λp + (1−λ)q; f = p(t − log M); g = −(1−λ) p q / M
-        lam = spec.skew_lambda
-        p = t.exp()
-        mix = (q * (1.0 - lam)).add_(p, alpha=lam).clamp_min_(_TINY)
-        f = p * _log_clamped(mix).neg_().add_(t)
-        g = mix.reciprocal_().mul_(q).mul_(p).mul_(-(1.0 - lam))
-    elif obj == "skewed_forward_kl":  # λ = 0: forward KL; λ = 1: KL(p‖p) = 0
-        if spec.skew_lambda == 0.0:
-            return entry_terms(LossSpec("forward_kl"), s, t, q, keep, want_alpha)
-        f, g = torch.zeros_like(s), torch.zeros_like(s)
-    elif obj == "skewed_reverse_kl" and 0.0 < spec.skew_lambda < 1.0:
-        # M = λq + (1−λ)p; f = q(s − log M); g = q(s − log M + 1 − λ q / M)
-        lam = spec.skew_lambda
-        mix = (t.exp().mul_(1.0 - lam)).add_(q, alpha=lam).clamp_min_(_TINY)
-        gs = _log_clamped(mix).neg_().add_(s)
-        f = q * gs
-        g = mix.reciprocal_().mul_(q).mul_(-lam).add_(gs).add_(1.0).mul_(q)
-    elif obj == "skewed_reverse_kl":  # λ = 0: reverse KL; λ = 1: KL(q‖q) = 0
-        if spec.skew_lambda == 0.0:
-            return entry_terms(LossSpec("reverse_kl"), s, t, q, keep, want_alpha)
-        f, g = torch.zeros_like(s), torch.zeros_like(s)
-    elif obj == "ToDi":  # d = t − s, α = σ(βd); f = d(αp − (1−α)q); g = −αp + (1−α) q (1 − d)
-        d = t - s
-        alpha = torch.sigmoid(d * spec.beta)
-        ap = t.exp().mul_(alpha)
-        if want_alpha:
-            alpha_p = ap
-        omq = alpha.neg_().add_(1.0).mul_(q)  # (1 − α) q, in α's buffer
-        f = (ap - omq).mul_(d)
-        g = d.neg_().add_(1.0).mul_(omq).sub_(ap)
-    elif obj == "adaptive_kl":
-        # f = w p(t − s) + (1 − w) q(s − t), w per row (detached); g = −w p + (1 − w) q(s − t + 1)
-        if keep is None:
-            keep = torch.ones_like(s, dtype=torch.bool)
-        w = akl_head_weight(s, t, keep, spec.adaptive_kl_alpha).unsqueeze(-1)
-        p = t.exp()
-        d = s - t
-        qd = q * d
-        f = (p * d).mul_(-w).add_(qd * (1.0 - w))
-        g = qd.add_(q).mul_(1.0 - w).sub_(p.mul_(w))
-    else:
-        raise AssertionError(obj)
-    return f, g, alpha_p
-
-
-_TINY = torch.finfo(torch.float32).tiny
-
-
-def _log_clamped(mix: Tensor) -> Tensor:
-    """log of a mixture of probabilities, clamped at the smallest normal float.
-
-    Where the mixture underflows, every term that multiplies its log has a probability factor
-    that underflowed too, so the clamp only keeps 0·(−inf) = NaN out; the skewed KLs and JS are
-    otherwise the reference's log-space values up to rounding.
-    """
-    return mix.clamp_min(_TINY).log_()
+    if record.grad is not None:
+        return record.grad(s, t, q, keep, **params)
+    with torch.enable_grad():  # the backends run inside an autograd Function's forward (no grad)
+        leaf = s.detach().requires_grad_(True)
+        f = record.terms(leaf, t, keep, **params)
+        (g,) = torch.autograd.grad(sum_entries(f, keep).sum(), leaf)
+    return f.detach(), g
 
 
 def _divide(x: Tensor, temp) -> Tensor:
@@ -131,38 +48,62 @@ def _divide(x: Tensor, temp) -> Tensor:
     return x / temp if temp != 1.0 else x
 
 
-def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_alpha: bool):
+def _log_probs(xs: Tensor, xt: Tensor, temp):
+    """(s, t, q, keep) of a float32 chunk: keep is None when no entry is ±inf (the common case:
+    no masking anywhere), else the reference's preprocessing (+inf → −inf, dead rows, kept entries)."""
+    # a sum is finite exactly when no entry is ±inf or NaN (NaNs then propagate through the masks)
+    if bool(torch.isfinite(xs.sum())) and bool(torch.isfinite(xt.sum())):
+        s = torch.log_softmax(_divide(xs, temp), dim=-1)
+        t = torch.log_softmax(_divide(xt, temp), dim=-1)
+        return s, t, s.exp(), None
+    keep = ~(xs.isinf() | xt.isinf())
+    s = torch.log_softmax(scaled_logits(xs, temp), dim=-1)
+    t = torch.log_softmax(scaled_logits(xt, temp), dim=-1).masked_fill_(~keep, 0.0)
+    q = s.exp()
+    return s.masked_fill_(~keep, 0.0), t, q, keep
+
+
+def _chunk_diagnostics(spec: LossSpec, s: Tensor, t: Tensor, keep: Tensor | None) -> dict[str, Tensor]:
+    record = spec.record
+    return {name: sum_entries(fn(s, t, keep, **spec.kwargs), keep) for name, fn in record.diagnostics.items()}
+
+
+def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_diagnostics: bool):
     """Divergence of one chunk (float32 ``[C, V]`` inputs, not modified).
 
-    Returns the values ``[C]``, ``g = ∂f/∂s`` ``[C, V]`` (0 off the kept entries), ``G = Σ g``
-    ``[C, 1]``, the student's tempered probabilities q ``[C, V]``, ``Σ p α`` (or None), and, when
+    Returns the values ``[C]``, ``g`` ``[C, V]`` (0 off the kept entries), ``G = Σ g`` ``[C, 1]``,
+    the student's tempered probabilities q ``[C, V]``, the diagnostics (name → ``[C]``), and, when
     no entry is ±inf, the student's tempered log-probabilities (else None). The gradient of the
     values with respect to the logits is ``(g − q G) / T``.
     """
-    # a sum is finite exactly when no entry is ±inf or NaN (NaNs then propagate through the masks)
-    if bool(torch.isfinite(xs.sum())) and bool(torch.isfinite(xt.sum())):
-        keep = None  # the common case: every entry counts, no masking anywhere
-        s = torch.log_softmax(_divide(xs, temp), dim=-1)
-        t = torch.log_softmax(_divide(xt, temp), dim=-1)
-        q = s.exp()
-    else:
-        # The reference's preprocessing: +inf → −inf, rows without a finite logit, kept entries.
-        keep = ~(xs.isinf() | xt.isinf())
-        s = torch.log_softmax(_scaled(xs, temp), dim=-1)
-        t = torch.log_softmax(_scaled(xt, temp), dim=-1).masked_fill_(~keep, 0.0)
-        q = s.exp()
-        s.masked_fill_(~keep, 0.0)
-    f, g, alpha_p = entry_terms(spec, s, t, q, keep, want_alpha)
+    s, t, q, keep = _log_probs(xs, xt, temp)
+    diag = _chunk_diagnostics(spec, s, t, keep) if want_diagnostics else {}
+    f, g = entry_terms(spec.record, spec.kwargs, s, t, q, keep)
     del t
     if keep is not None:
         f.masked_fill_(~keep, 0.0)
         g.masked_fill_(~keep, 0.0)
-        if alpha_p is not None:
-            alpha_p.masked_fill_(~keep, 0.0)
     value = f.sum(-1)
     del f
-    alpha = alpha_p.sum(-1) if alpha_p is not None else None
-    return value, g, g.sum(-1, keepdim=True), q, alpha, (s if keep is None else None)
+    return value, g, g.sum(-1, keepdim=True), q, diag, (s if keep is None else None)
+
+
+@torch.no_grad()
+def diagnostics(spec: LossSpec, inp: LossInputs) -> dict[str, Tensor]:
+    """Only the objective's diagnostics (name → float32 ``[N]``, 0 off ``kd_mask``), a chunk at a time
+    (for backends that do not compute them)."""
+    n = inp.student.shape[0]
+    out = {name: torch.zeros(n, dtype=torch.float32, device=inp.student.device) for name in spec.diagnostics}
+    rows = inp.kd_mask.nonzero().squeeze(1)
+    step = rows_per_chunk(rows.numel(), inp.vocab, inp.student.device.type, min_chunks=16)
+    for begin in range(0, rows.numel(), step):
+        idx = rows[begin : begin + step]
+        xs = inp.student.index_select(0, idx)[:, : inp.vocab].float()
+        xt = inp.teacher.index_select(0, idx)[:, : inp.vocab].float()
+        s, t, _, keep = _log_probs(xs, xt, take_rows(inp.temperature, idx))
+        for name, value in _chunk_diagnostics(spec, s, t, keep).items():
+            out[name].index_copy_(0, idx, value)
+    return out
 
 
 def _rows_view(x: Tensor, idx: Tensor, contiguous: bool, start: int) -> Tensor:
@@ -170,91 +111,95 @@ def _rows_view(x: Tensor, idx: Tensor, contiguous: bool, start: int) -> Tensor:
     return x[start : start + idx.numel()] if contiguous else x.index_select(0, idx)
 
 
-def _per_row(value, idx: Tensor):
-    return value.index_select(0, idx) if isinstance(value, Tensor) else value
+def _pad_columns(x: Tensor, width: int) -> Tensor:
+    """``[C, v]`` → ``[C, width]`` with zeros on the right (KD over a prefix of the vocabulary)."""
+    return x if x.shape[1] == width else torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1])], 1)
 
 
-def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool, rows_per_chunk: int | None = None) -> RowsResult:
+class _Chunk:
+    """One chunk of rows: its indices, its float32 student logits and the CE bookkeeping."""
+
+    def __init__(self, inp: LossInputs, idx: Tensor):
+        self.idx = idx
+        self.first = int(idx[0])
+        self.contiguous = int(idx[-1]) - self.first + 1 == idx.numel()
+        self.xs = _rows_view(inp.student, idx, self.contiguous, self.first).float()  # not modified
+        if inp.labels is not None:
+            self.labels = inp.labels.index_select(0, idx)
+            self.valid = self.labels.ne(inp.ignore_index)
+            self.safe = torch.where(self.valid, self.labels, 0).unsqueeze(1)
+            self.ce_col = torch.where(self.valid, inp.ce_weight, 0.0).unsqueeze(1)  # the CE weight of each row
+
+
+def _kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bool):
+    """The chunk's divergence into ``out``; returns (its gradient or None, log q if shared with the CE)."""
+    on = inp.kd_mask.index_select(0, c.idx)
+    temp = take_rows(inp.temperature, c.idx)
+    xt = _rows_view(inp.teacher, c.idx, c.contiguous, c.first)[:, : inp.vocab].float()
+    value, g, G, q, diag, log_q = _kd_chunk(spec, c.xs[:, : inp.vocab], xt, temp, bool(out.diagnostics))
+    del xt
+    out.kd.index_copy_(0, c.idx, torch.where(on, value, 0.0))
+    for name, v in diag.items():
+        out.diagnostics[name].index_copy_(0, c.idx, torch.where(on, v, 0.0))
+    # the cross-entropy's softmax is q when nothing differs (temperature 1, same vocabulary)
+    v_student = inp.student.shape[1]
+    shared = log_q is not None and inp.vocab == v_student and not isinstance(temp, Tensor) and temp == 1.0
+    grad_c = None
+    if want_grad:
+        # kd_w (g − q G) / T, plus, when shared, ce_w q: one pass over g for both
+        coef = torch.where(on, take_rows(inp.kd_weight, c.idx), 0.0).unsqueeze(1)
+        coef = coef / (temp.unsqueeze(1) if isinstance(temp, Tensor) else temp)
+        q_coef = -(G * coef)
+        if shared and inp.labels is not None and inp.ce_weight != 0.0:
+            q_coef += c.ce_col
+        grad_c = g.mul_(coef).addcmul_(q, q_coef)
+    return grad_c, (log_q if shared else None)
+
+
+def _ce_part(inp: LossInputs, c: _Chunk, out: BackendOutput, grad_c, log_q, want_grad: bool):
+    """The chunk's cross-entropy into ``out`` and its gradient added to ``grad_c`` (returned)."""
+    shared = log_q is not None  # then grad_c already holds the ce_w·softmax part
+    if log_q is None:
+        log_q = torch.log_softmax(c.xs, dim=-1)
+    out.ce.index_copy_(0, c.idx, torch.where(c.valid, log_q.gather(1, c.safe).squeeze(1).neg_(), 0.0))
+    if want_grad and inp.ce_weight != 0.0:
+        # ∂CE/∂x = softmax(x) − onehot(label), for rows with a label
+        if grad_c is None:
+            grad_c = log_q.exp_().mul_(c.ce_col)
+        elif not shared:
+            grad_c = _pad_columns(grad_c, inp.student.shape[1]).addcmul_(log_q.exp_(), c.ce_col)
+        grad_c.scatter_add_(1, c.safe, -c.ce_col.expand(-1, 1))
+    return grad_c
+
+
+def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostics: bool,
+            chunk_size: int | None = None) -> BackendOutput:
     """Values of every row and, with ``want_grad``, the gradient of the weighted loss (see spec)."""
-    student, teacher, vocab = inp.student, inp.teacher, inp.vocab
+    student = inp.student
     n, v_student = student.shape
     device = student.device
-    has_kd = teacher is not None and spec.objective is not None
-    has_ce = inp.labels is not None
-    kd = torch.zeros(n, dtype=torch.float32, device=device)
-    ce = torch.zeros(n, dtype=torch.float32, device=device)
-    correct = torch.zeros(n, dtype=torch.float32, device=device)
-    alpha = torch.zeros(n, dtype=torch.float32, device=device) if want_alpha and spec.objective == "ToDi" else None
+    has_kd = inp.teacher is not None and spec.objective is not None
+    zeros = lambda: torch.zeros(n, dtype=torch.float32, device=device)  # noqa: E731
+    diag = {name: zeros() for name in spec.diagnostics} if want_diagnostics and has_kd else {}
+    out = BackendOutput(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics=diag, grad=None)
     active = inp.active_rows()
-    grad = None
     if want_grad:
-        grad = torch.empty(n, v_student, dtype=student.dtype, device=device)
+        out.grad = torch.empty(n, v_student, dtype=student.dtype, device=device)
         if not bool(active.all()):
-            grad[~active] = 0.0  # rows without a loss term get zeros and nothing else
-
+            out.grad[~active] = 0.0  # rows without a loss term get zeros and nothing else
     rows = active.nonzero().squeeze(1)
-    if rows.numel() == 0:
-        return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
-    ce_valid = inp.ce_valid
-    step = rows_per_chunk or chunk_rows(rows.numel(), v_student, device.type)
+    step = chunk_size or rows_per_chunk(rows.numel(), v_student, device.type, min_chunks=16)
     for begin in range(0, rows.numel(), step):
-        idx = rows[begin : begin + step]
-        first = int(idx[0])
-        contiguous = int(idx[-1]) - first + 1 == idx.numel()
-        xs = _rows_view(student, idx, contiguous, first).float()  # not modified below
-        grad_c = None  # the chunk's gradient, float32 [C, V_s] (or [C, vocab] while only KD is in)
-        log_q = None
-        if has_ce:
-            labels = inp.labels.index_select(0, idx)
-            valid = ce_valid.index_select(0, idx)
-            safe = torch.where(valid, labels, 0).unsqueeze(1)
-            ce_col = torch.where(valid, inp.ce_weight, 0.0).unsqueeze(1)  # the CE weight of each row
-            correct.index_copy_(0, idx, (xs.argmax(-1).eq(labels) & valid).float())
-        if has_kd:
-            on = inp.kd_mask.index_select(0, idx)
-            temp = _per_row(inp.temperature, idx)
-            xt = _rows_view(teacher, idx, contiguous, first)[:, :vocab].float()
-            value, g, G, q, a, log_q = _kd_chunk(spec, xs[:, :vocab], xt, temp, alpha is not None)
-            del xt
-            kd.index_copy_(0, idx, torch.where(on, value, 0.0))
-            if a is not None:
-                alpha.index_copy_(0, idx, torch.where(on, a, 0.0))
-            # the cross-entropy's softmax is q when nothing differs (temperature 1, same vocabulary)
-            shared = log_q is not None and vocab == v_student and not isinstance(temp, Tensor) and temp == 1.0
-            if not shared:
-                log_q = None
-            if want_grad:
-                # kd_w (g − q G) / T, plus, when shared, ce_w q: one pass over g for both
-                coef = torch.where(on, _per_row(inp.kd_weight, idx), 0.0).unsqueeze(1)
-                coef = coef / (temp.unsqueeze(1) if isinstance(temp, Tensor) else temp)
-                q_coef = -(G * coef)
-                if shared and inp.ce_weight != 0.0:
-                    q_coef += ce_col
-                grad_c = g.mul_(coef).addcmul_(q, q_coef)
-            del g, q
-        if has_ce:
-            if log_q is None:
-                log_q = torch.log_softmax(xs, dim=-1)
-                shared = False
-            ce.index_copy_(0, idx, torch.where(valid, log_q.gather(1, safe).squeeze(1).neg_(), 0.0))
-            if want_grad and inp.ce_weight != 0.0:
-                # ∂CE/∂x = softmax(x) − onehot(label), for rows with a label
-                if grad_c is None:
-                    grad_c = log_q.exp_().mul_(ce_col)
-                elif not shared:
-                    if grad_c.shape[1] != v_student:
-                        grad_c = torch.cat([grad_c, grad_c.new_zeros(grad_c.shape[0], v_student - grad_c.shape[1])], 1)
-                    grad_c.addcmul_(log_q.exp_(), ce_col)
-                grad_c.scatter_add_(1, safe, -ce_col.expand(-1, 1))
-        del log_q
+        c = _Chunk(inp, rows[begin : begin + step])
+        if inp.labels is not None:
+            out.correct.index_copy_(0, c.idx, (c.xs.argmax(-1).eq(c.labels) & c.valid).float())
+        grad_c, log_q = _kd_part(spec, inp, c, out, want_grad) if has_kd else (None, None)
+        if inp.labels is not None:
+            grad_c = _ce_part(inp, c, out, grad_c, log_q, want_grad)
         if want_grad:
-            if grad_c is None:
-                grad_c = xs.new_zeros(xs.shape)
-            elif grad_c.shape[1] != v_student:  # KD over a prefix of the vocabulary, no CE gradient
-                grad_c = torch.cat([grad_c, grad_c.new_zeros(grad_c.shape[0], v_student - grad_c.shape[1])], 1)
-            if contiguous:
-                grad[first : first + idx.numel()].copy_(grad_c)
+            grad_c = _pad_columns(grad_c, v_student) if grad_c is not None else c.xs.new_zeros(c.xs.shape)
+            if c.contiguous:
+                out.grad[c.first : c.first + c.idx.numel()].copy_(grad_c)
             else:
-                grad.index_copy_(0, idx, grad_c.to(grad.dtype))
-            del grad_c
-    return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
+                out.grad.index_copy_(0, c.idx, grad_c.to(out.grad.dtype))
+    return out

@@ -1,17 +1,17 @@
-"""What a row-wise loss computes: the objective, its parameters, and the inputs of one call.
+"""What a per-row loss computes: the objective with its parameters, and the inputs of one call.
 
 Every backend (chunked torch, Triton) computes, for each row ``r`` of a ``[N, V_s]`` student and a
 ``[N, V_t]`` teacher logit matrix,
 
 * ``kd[r]``  = D(teacher[r, :vocab], student[r, :vocab]) at temperature ``temperature[r]``
-  (the semantics of :mod:`todi.divergences`), 0 where ``kd_mask[r]`` is False;
+  (the semantics of :mod:`todi.objectives`), 0 where ``kd_mask[r]`` is False;
 * ``ce[r]``  = cross-entropy of ``student[r, :]`` (all V_s entries, temperature 1) against
   ``labels[r]``, 0 where the label is ``ignore_index``;
 * ``correct[r]`` = argmax of ``student[r, :]`` equals the label (and the label is valid);
-* optionally ``alpha[r]`` = Σ_i p_i α_i, ToDi's teacher-weighted mean weight (a diagnostic);
+* on request, each of the objective's named diagnostics (e.g. ToDi's Σ_i p_i α_i);
 
-and the gradient of ``Σ_r ce_weight·ce[r] + kd_weight[r]·kd[r]`` with respect to the student
-logits, in the student's dtype. The loss of a row is that same weighted sum.
+and the gradient of ``Σ_r ce_weight·ce[r] + kd_weight[r]·kd[r]`` (:meth:`LossInputs.combine`)
+with respect to the student logits, in the student's dtype.
 """
 
 from __future__ import annotations
@@ -21,53 +21,53 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from todi.divergences import PARAMS, canonical_name
+from todi.labels import IGNORE_INDEX
+from todi.objectives import Objective, get, reduce
 
-__all__ = ["OBJECTIVE_CODES", "LossSpec", "RowsInput", "RowsResult"]
-
-# Integer codes the Triton kernels branch on at compile time (0: cross-entropy only).
-OBJECTIVE_CODES: dict[str | None, int] = {
-    None: 0,
-    "forward_kl": 1,
-    "reverse_kl": 2,
-    "js_divergence": 3,
-    "tvd": 4,
-    "skewed_forward_kl": 5,
-    "skewed_reverse_kl": 6,
-    "adaptive_kl": 7,
-    "ToDi": 8,
-}
+__all__ = ["BackendOutput", "LossInputs", "LossSpec", "take_rows"]
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """An objective (canonical name, or None for cross-entropy only) with all its parameters."""
+    """An objective (canonical name, None for cross-entropy only) and all its parameters, after
+    :func:`todi.objectives.reduce` (so a skewed KL at λ = 0 is spelled ``forward_kl``)."""
 
     objective: str | None
-    beta: float = 1.0
-    skew_lambda: float = 0.1
-    adaptive_kl_alpha: float = 0.5
+    params: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def make(cls, objective: str | None, params: dict[str, float] | None = None) -> "LossSpec":
-        params = dict(params or {})
         if objective is None:
             if params:
                 raise TypeError(f"cross-entropy only takes no parameters, got {sorted(params)}")
             return cls(None)
-        objective = canonical_name(objective)
-        unknown = set(params) - set(PARAMS[objective])
-        if unknown:
-            raise TypeError(f"{objective} does not take {sorted(unknown)}")
-        return cls(objective, **{k: float(v) for k, v in params.items()})
+        record, full = reduce(objective, params)
+        return cls(record.name, tuple(full.items()))
 
     @property
-    def code(self) -> int:
-        return OBJECTIVE_CODES[self.objective]
+    def record(self) -> Objective | None:
+        return None if self.objective is None else get(self.objective)
+
+    @property
+    def kwargs(self) -> dict[str, float]:
+        return dict(self.params)
+
+    @property
+    def diagnostics(self) -> tuple[str, ...]:
+        return () if self.objective is None else tuple(self.record.diagnostics)
+
+    @property
+    def triton_branch(self) -> str | None:
+        return None if self.objective is None else self.record.triton_branch(self.kwargs)
+
+
+def take_rows(value: float | Tensor, idx: Tensor) -> float | Tensor:
+    """Rows ``idx`` of a per-row tensor; a scalar stays a scalar."""
+    return value.index_select(0, idx) if isinstance(value, Tensor) else value
 
 
 @dataclass
-class RowsInput:
+class LossInputs:
     """One call's tensors, already flattened to rows.
 
     student: ``[N, V_s]``, last dim contiguous (rows may be strided).
@@ -88,7 +88,7 @@ class RowsInput:
     temperature: float | Tensor
     kd_weight: float | Tensor
     ce_weight: float
-    ignore_index: int = -100
+    ignore_index: int = IGNORE_INDEX
 
     @property
     def ce_valid(self) -> Tensor | None:
@@ -104,13 +104,35 @@ class RowsInput:
             active |= self.ce_valid
         return active
 
+    def combine(self, spec: LossSpec, kd: Tensor, ce: Tensor) -> Tensor:
+        """The loss of each row, ``ce_weight·ce + kd_weight·kd`` (float32 ``[N]``): CE + KD, once."""
+        loss = ce * self.ce_weight if self.ce_weight != 0.0 else torch.zeros_like(ce)
+        if self.teacher is not None and spec.objective is not None:
+            loss = loss + kd * self.kd_weight
+        return loss
+
+    def select(self, idx: Tensor, student: Tensor) -> "LossInputs":
+        """The rows ``idx`` of these inputs, with ``student`` as their student logits."""
+        return LossInputs(
+            student=student,
+            teacher=self.teacher.index_select(0, idx) if self.teacher is not None else None,
+            vocab=self.vocab,
+            labels=self.labels.index_select(0, idx) if self.labels is not None else None,
+            kd_mask=self.kd_mask.index_select(0, idx) if self.kd_mask is not None else None,
+            temperature=take_rows(self.temperature, idx),
+            kd_weight=take_rows(self.kd_weight, idx),
+            ce_weight=self.ce_weight,
+            ignore_index=self.ignore_index,
+        )
+
 
 @dataclass
-class RowsResult:
-    """Per-row outputs (float32 ``[N]``) and the weighted loss's gradient (``[N, V_s]`` or None)."""
+class BackendOutput:
+    """Per-row outputs (float32 ``[N]``), the requested diagnostics (name → float32 ``[N]``), and
+    the weighted loss's gradient (``[N, V_s]`` in the student's dtype, or None)."""
 
     kd: Tensor
     ce: Tensor
     correct: Tensor
-    alpha: Tensor | None
+    diagnostics: dict[str, Tensor]
     grad: Tensor | None

@@ -50,9 +50,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from todi.kernels.spec import LossSpec, RowsInput, RowsResult
+from todi.kernels.spec import BackendOutput, LossInputs, LossSpec
 
-__all__ = ["KernelConfig", "CONFIG", "forward", "scale_rows_"]
+__all__ = ["BRANCHES", "CONFIG", "KernelConfig", "branch_code", "forward", "scale_rows_"]
 
 NEG_INF = tl.constexpr(float("-inf"))
 TINY = tl.constexpr(1.1754943508222875e-38)  # the smallest normal float32
@@ -60,6 +60,33 @@ LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 # PTX's approximate reciprocal and log2 on a GPU (inline assembly); the interpreter uses numpy's.
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+# The kernel's objective branches (compile-time codes; registry entries name them, see BRANCHES).
+CE_ONLY = tl.constexpr(0)
+FORWARD_KL = tl.constexpr(1)
+REVERSE_KL = tl.constexpr(2)
+JS_DIVERGENCE = tl.constexpr(3)
+TVD = tl.constexpr(4)
+SKEWED_FORWARD_KL = tl.constexpr(5)
+SKEWED_REVERSE_KL = tl.constexpr(6)
+ADAPTIVE_KL = tl.constexpr(7)
+TODI = tl.constexpr(8)
+ZERO = tl.constexpr(9)
+GENERALIZED_JSD = tl.constexpr(10)
+AB_DIVERGENCE = tl.constexpr(11)
+BRANCHES = {
+    "forward_kl": FORWARD_KL, "reverse_kl": REVERSE_KL, "js_divergence": JS_DIVERGENCE, "tvd": TVD,
+    "skewed_forward_kl": SKEWED_FORWARD_KL, "skewed_reverse_kl": SKEWED_REVERSE_KL, "adaptive_kl": ADAPTIVE_KL,
+    "todi": TODI, "zero": ZERO, "generalized_jsd": GENERALIZED_JSD, "ab_divergence": AB_DIVERGENCE,
+}
+# Diagnostics a branch computes in the kernel (name of the statistic; see the objectives' records).
+BRANCH_DIAGNOSTICS = {"todi": "todi_alpha"}
+# Forward and reverse KL are summed during the first pass (no second pass).
+ONLINE_NONE = tl.constexpr(0)
+ONLINE_FKL = tl.constexpr(1)
+ONLINE_RKL = tl.constexpr(2)
+MAX_PARAMS = 2  # p0, p1: an objective's parameters in registry order
 
 
 @dataclass
@@ -306,61 +333,75 @@ def _logp(xs, xt, ok, c, m_s, ll_s, m_t, ll_t, MASKED: tl.constexpr):
 @triton.jit
 def _f_scale(OBJ: tl.constexpr):
     """The factor turning the summed f of :func:`_entry` into nats (base-2 logs inside f)."""
-    if OBJ == 4:
+    if OBJ == TVD:
+        return 1.0
+    elif OBJ == AB_DIVERGENCE:
         return 1.0
     else:
         return LN2
 
 
 @triton.jit
-def _entry(s2, t2, q, p, w, beta, lam, OBJ: tl.constexpr, BETA_ONE: tl.constexpr):
+def _entry(s2, t2, q, p, w, p0, p1, OBJ: tl.constexpr, TODI_BETA_ONE: tl.constexpr):
     """f (times _f_scale), g = ∂f/∂s and p·α (ToDi) per entry (derivations in
-    todi.kernels.chunked.entry_terms; here s = s2·ln2, t = t2·ln2)."""
+    todi.objectives.builtin; here s = s2·ln2, t = t2·ln2). ``p0``, ``p1``: the objective's
+    parameters in the order of its registry entry."""
     zero = tl.zeros_like(s2)
     ap = zero
-    if OBJ == 1:  # forward KL: f = p (t − s), g = −p
+    if OBJ == FORWARD_KL:  # f = p (t − s), g = −p
         f = p * (t2 - s2)
         g = -p
-    elif OBJ == 2:  # reverse KL: f = q (s − t), g = q (s − t + 1)
+    elif OBJ == REVERSE_KL:  # f = q (s − t), g = q (s − t + 1)
         d2 = s2 - t2
         f = q * d2
         g = q * (d2 * LN2 + 1.0)
-    elif OBJ == 3:  # Jensen-Shannon, m = (p + q)/2
+    elif OBJ == JS_DIVERGENCE:  # m = (p + q)/2
         lm2 = _log2(tl.maximum(0.5 * (p + q), TINY))
         gs = s2 - lm2
         f = 0.5 * (p * (t2 - lm2) + q * gs)
         g = (0.5 * LN2) * q * gs
-    elif OBJ == 4:  # total variation
+    elif OBJ == TVD:
         diff = q - p
         f = 0.5 * tl.abs(diff)
         g = tl.where(diff > 0, 0.5 * q, tl.where(diff < 0, -0.5 * q, 0.0))
-    elif OBJ == 5:  # skewed forward KL, 0 < λ < 1: M = λp + (1−λ)q
-        mix = tl.maximum(lam * p + (1.0 - lam) * q, TINY)
+    elif OBJ == SKEWED_FORWARD_KL:  # 0 < λ = p0 < 1: M = λp + (1−λ)q
+        mix = tl.maximum(p0 * p + (1.0 - p0) * q, TINY)
         f = p * (t2 - _log2(mix))
-        g = -(1.0 - lam) * p * (q * _rcp(mix))
-    elif OBJ == 6:  # skewed reverse KL, 0 < λ < 1: M = λq + (1−λ)p
-        mix = tl.maximum(lam * q + (1.0 - lam) * p, TINY)
+        g = -(1.0 - p0) * p * (q * _rcp(mix))
+    elif OBJ == SKEWED_REVERSE_KL:  # 0 < λ = p0 < 1: M = λq + (1−λ)p
+        mix = tl.maximum(p0 * q + (1.0 - p0) * p, TINY)
         gs = s2 - _log2(mix)
         f = q * gs
-        g = q * (gs * LN2 + 1.0 - lam * (q * _rcp(mix)))
-    elif OBJ == 7:  # adaptive KL with the row's head weight w (gradient only; sums in _akl_piece)
+        g = q * (gs * LN2 + 1.0 - p0 * (q * _rcp(mix)))
+    elif OBJ == ADAPTIVE_KL:  # with the row's head weight w (gradient only; sums in _akl_piece)
         d = (s2 - t2) * LN2
         f = zero
         g = -w * p + (1.0 - w) * q * (d + 1.0)
-    elif OBJ == 8:  # ToDi, d = t − s, α = σ(βd)
+    elif OBJ == TODI:  # d = t − s, α = σ(βd), β = p0
         dd = t2 - s2
-        if BETA_ONE:  # α = p / (p + q): d(αp − (1−α)q) = d(p − q); one reciprocal for g
+        if TODI_BETA_ONE:  # α = p / (p + q): d(αp − (1−α)q) = d(p − q); one reciprocal for g
             r = _rcp(tl.maximum(p + q, TINY))
             f = dd * (p - q)
             g = r * (q * q * (1.0 - dd * LN2) - p * p)
             ap = p * p * r
         else:
-            alpha = _rcp(1.0 + tl.exp2(-beta * dd))
+            alpha = _rcp(1.0 + tl.exp2(-p0 * dd))
             ap = alpha * p
             omq = (1.0 - alpha) * q
             f = dd * (ap - omq)
             g = omq * (1.0 - dd * LN2) - ap
-    else:  # a skewed KL at λ = 1 compares a distribution with itself
+    elif OBJ == GENERALIZED_JSD:  # 0 < β = p0 < 1: m = βp + (1−β)q; g = (1−β) q (s − log m)
+        lm2 = _log2(tl.maximum(p0 * p + (1.0 - p0) * q, TINY))
+        gs = s2 - lm2
+        f = p0 * p * (t2 - lm2) + (1.0 - p0) * q * gs
+        g = ((1.0 - p0) * LN2) * q * gs
+    elif OBJ == AB_DIVERGENCE:  # α = p0 > 0, β = p1 > 0 (f in nats: _f_scale is 1)
+        pa = tl.exp2(p0 * t2)
+        qb = tl.exp2(p1 * s2)
+        qa = tl.exp2(p0 * s2)
+        f = (pa * qb - (p0 / (p0 + p1)) * pa * tl.exp2(p1 * t2) - (p1 / (p0 + p1)) * qa * qb) * (-1.0 / (p0 * p1))
+        g = qb * (qa - pa) * (1.0 / p0)
+    else:  # ZERO: a skewed KL at λ = 1 compares a distribution with itself
         f = zero
         g = zero
     return f, g, ap
@@ -420,17 +461,17 @@ def _pass1(
             m_s, l_s, sc_s, e_s = _lse_tile(m_s, l_s, zs, c)
             m_t, l_t, sc_t, e_t = _lse_tile(m_t, l_t, zt, c)
             # (pads: e is 0, or 1 while a thread has seen only pads, and x_t − x_s is 0)
-            if ONLINE == 1:
+            if ONLINE == ONLINE_FKL:
                 h = h * sc_t + _rsum(e_t * (xt - xs))
-            elif ONLINE == 2:
+            elif ONLINE == ONLINE_RKL:
                 h = h * sc_s + _rsum(e_s * (xs - xt))
     ms, ls, sc_s = _lse_lanes(m_s, l_s, c)
     mt, lt, sc_t = _lse_lanes(m_t, l_t, c)
     m1, l1, _ = _lse_lanes(m_1, l_1, LOG2E)
     hh = 0.0
-    if ONLINE == 1:
+    if ONLINE == ONLINE_FKL:
         hh = tl.sum(h * sc_t, axis=0)
-    elif ONLINE == 2:
+    elif ONLINE == ONLINE_RKL:
         hh = tl.sum(h * sc_s, axis=0)
     top = tl.max(best, axis=0)
     top_i = tl.min(tl.where(best == top, best_i, 2147483647), axis=0)
@@ -459,9 +500,9 @@ def _pass1(
         ms, ls, a_s, b_s = _merge(ms, ls, pm, pl, c)
         pm, pl, pe_t = _lse_piece(zt, c)
         mt, lt, a_t, b_t = _merge(mt, lt, pm, pl, c)
-        if ONLINE == 1:
+        if ONLINE == ONLINE_FKL:
             hh = hh * a_t + b_t * tl.sum(tl.where(ok, pe_t * (xt - xs), 0.0), axis=0)
-        elif ONLINE == 2:
+        elif ONLINE == ONLINE_RKL:
             hh = hh * a_s + b_s * tl.sum(tl.where(ok, pe_s * (xs - xt), 0.0), axis=0)
     return ms, ls, mt, lt, hh, m1, l1, top, top_i, big_row
 
@@ -492,8 +533,8 @@ def _ce_tail_pass1(S, s_start, V, VS, m1, l1, top, top_i, BLOCK: tl.constexpr):
 
 @triton.jit
 def _pass2(
-    S, T, s_start, t_start, n, c, m_s, ll_s, m_t, ll_t, beta, lam,
-    OBJ: tl.constexpr, BETA_ONE: tl.constexpr, WANT_ALPHA: tl.constexpr, MASKED: tl.constexpr,
+    S, T, s_start, t_start, n, c, m_s, ll_s, m_t, ll_t, p0, p1,
+    OBJ: tl.constexpr, TODI_BETA_ONE: tl.constexpr, WANT_DIAG: tl.constexpr, MASKED: tl.constexpr,
     ALIGNED_T: tl.constexpr, J: tl.constexpr, TH: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
 ):
     shift, g_lo, g_hi, head_end, tail_start = _frame(s_start, n, VEC)
@@ -507,20 +548,20 @@ def _pass2(
             _tload(S + s_base + idx, ok, MASKED), _tload(T + t_base + idx, ok, MASKED), ok, c, m_s, ll_s, m_t, ll_t,
             MASKED,
         )
-        f, g, ap = _entry(s2, t2, q, p, 0.0, beta, lam, OBJ, BETA_ONE)
+        f, g, ap = _entry(s2, t2, q, p, 0.0, p0, p1, OBJ, TODI_BETA_ONE)
         if MASKED:
             f = tl.where(keep, f, 0.0)
             g = tl.where(keep, g, 0.0)
             ap = tl.where(keep, ap, 0.0)
         acc_f += _rsum(f)  # without MASKED the pads' terms are 0
         acc_g += _rsum(g)
-        if WANT_ALPHA:
+        if WANT_DIAG:
             acc_a += _rsum(ap)
     cols, ok = _edges(head_end, tail_start, n, VEC)
     s2, t2, q, p, keep = _logp(
         _load(S + s_start + cols, ok), _load(T + t_start + cols, ok), ok, c, m_s, ll_s, m_t, ll_t, MASKED
     )
-    f, g, ap = _entry(s2, t2, q, p, 0.0, beta, lam, OBJ, BETA_ONE)
+    f, g, ap = _entry(s2, t2, q, p, 0.0, p0, p1, OBJ, TODI_BETA_ONE)
     value = (tl.sum(acc_f, axis=0) + tl.sum(tl.where(keep, f, 0.0), axis=0)) * _f_scale(OBJ)
     G = tl.sum(acc_g, axis=0) + tl.sum(tl.where(keep, g, 0.0), axis=0)
     alpha = tl.sum(acc_a, axis=0) + tl.sum(tl.where(keep, ap, 0.0), axis=0)
@@ -659,14 +700,14 @@ def _akl_weight(
 
 @triton.jit
 def _grad_tile(
-    xs, xt, ok, cols, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1, G, w_akl, kd_coef, ce_coef, beta, lam,
-    OBJ: tl.constexpr, BETA_ONE: tl.constexpr, WITH_KD: tl.constexpr, CE_GRAD: tl.constexpr,
+    xs, xt, ok, cols, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1, G, w_akl, kd_coef, ce_coef, p0, p1,
+    OBJ: tl.constexpr, TODI_BETA_ONE: tl.constexpr, WITH_KD: tl.constexpr, CE_GRAD: tl.constexpr,
     CE_SHARED: tl.constexpr, MASKED: tl.constexpr,
 ):
     val = tl.zeros_like(xs)
     if WITH_KD:
         s2, t2, q, p, keep = _logp(xs, xt, ok, c, m_s, ll_s, m_t, ll_t, MASKED)
-        _, g, _ = _entry(s2, t2, q, p, w_akl, beta, lam, OBJ, BETA_ONE)
+        _, g, _ = _entry(s2, t2, q, p, w_akl, p0, p1, OBJ, TODI_BETA_ONE)
         if MASKED:
             g = tl.where(keep, g, 0.0)
         val = kd_coef * g - (kd_coef * G) * q
@@ -685,8 +726,8 @@ def _grad_tile(
 @triton.jit
 def _pass3(
     S, T, GRAD, s_start, t_start, g_start, n, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1, G, w_akl,
-    kd_coef, ce_coef, beta, lam,
-    OBJ: tl.constexpr, BETA_ONE: tl.constexpr, WITH_KD: tl.constexpr, CE_GRAD: tl.constexpr,
+    kd_coef, ce_coef, p0, p1,
+    OBJ: tl.constexpr, TODI_BETA_ONE: tl.constexpr, WITH_KD: tl.constexpr, CE_GRAD: tl.constexpr,
     CE_SHARED: tl.constexpr, MASKED: tl.constexpr, ALIGNED_T: tl.constexpr, ALIGNED_G: tl.constexpr,
     J: tl.constexpr, TH: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
 ):
@@ -706,7 +747,7 @@ def _pass3(
         if WITH_KD:
             xt = _tload(T + t_base + idx, ok, MASKED)
         val = _grad_tile(xs, xt, ok, idx - shift, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1, G, w_akl, kd_coef,
-                         ce_coef, beta, lam, OBJ, BETA_ONE, WITH_KD, CE_GRAD, CE_SHARED, MASKED)
+                         ce_coef, p0, p1, OBJ, TODI_BETA_ONE, WITH_KD, CE_GRAD, CE_SHARED, MASKED)
         tl.store(GRAD + g_base + idx, val.to(out_ty), mask=ok)
     cols, ok = _edges(head_end, tail_start, n, VEC)
     xs = _load(S + s_start + cols, ok)
@@ -714,7 +755,7 @@ def _pass3(
     if WITH_KD:
         xt = _load(T + t_start + cols, ok)
     val = _grad_tile(xs, xt, ok, cols, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1, G, w_akl, kd_coef, ce_coef,
-                     beta, lam, OBJ, BETA_ONE, WITH_KD, CE_GRAD, CE_SHARED, True)
+                     p0, p1, OBJ, TODI_BETA_ONE, WITH_KD, CE_GRAD, CE_SHARED, True)
     tl.store(GRAD + g_start + cols, val.to(out_ty), mask=ok)
 
 
@@ -736,13 +777,13 @@ def _ce_tail_pass3(S, GRAD, s_start, g_start, V, VS, label, m_1, ll_1, ce_coef, 
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def _rows_kernel(
-    S, T, LABELS, TEMP, KDW, KDMASK, GRAD, OUT_KD, OUT_CE, OUT_CORRECT, OUT_ALPHA,
+def _loss_kernel(
+    S, T, LABELS, TEMP, KDW, KDMASK, GRAD, OUT_KD, OUT_CE, OUT_CORRECT, OUT_DIAG,
     n_rows, n_programs, rows_per_program, V, VS, stride_s, stride_t, stride_g,
-    temp, kd_w_scalar, ce_w, beta, lam, akl_alpha, ignore_index,
-    OBJ: tl.constexpr, BETA_ONE: tl.constexpr, ONLINE: tl.constexpr, HAS_KD: tl.constexpr,
+    temp, kd_w_scalar, ce_w, p0, p1, ignore_index,
+    OBJ: tl.constexpr, TODI_BETA_ONE: tl.constexpr, ONLINE: tl.constexpr, HAS_KD: tl.constexpr,
     HAS_CE: tl.constexpr, CE_GRAD: tl.constexpr, CE_SHARED: tl.constexpr, PADDED: tl.constexpr,
-    TEMP_ROWS: tl.constexpr, KDW_ROWS: tl.constexpr, WRITE_GRAD: tl.constexpr, WANT_ALPHA: tl.constexpr,
+    TEMP_ROWS: tl.constexpr, KDW_ROWS: tl.constexpr, WRITE_GRAD: tl.constexpr, WANT_DIAG: tl.constexpr,
     ALIGNED_T: tl.constexpr, ALIGNED_G: tl.constexpr,
     J: tl.constexpr, TH: tl.constexpr, K: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
 ):
@@ -788,14 +829,14 @@ def _rows_kernel(
                     special = (big == float("inf")) | (ms < 0.5 * _pad(S)) | (mt < 0.5 * _pad(T))
                     if special:
                         ms, ls, mt, lt, hh, m1, l1, top, top_i, big = _pass1(
-                            S, T, s_start, t_start, V, c, True, HAS_CE, HAS_CE and not CE_SHARED, 0, True,
+                            S, T, s_start, t_start, V, c, True, HAS_CE, HAS_CE and not CE_SHARED, ONLINE_NONE, True,
                             ALIGNED_T, J, TH, VEC, STAGES,
                         )
                     if PADDED:
                         m1, l1, top_i = _ce_tail_pass1(S, s_start, V, VS, m1, l1, top, top_i, TH * VEC)
                 else:
                     ms, ls, mt, lt, hh, m1, l1, top, top_i, big = _pass1(
-                        S, T, s_start, t_start, VS, c, False, HAS_CE, HAS_CE, 0, True, ALIGNED_T, J, TH, VEC, STAGES,
+                        S, T, s_start, t_start, VS, c, False, HAS_CE, HAS_CE, ONLINE_NONE, True, ALIGNED_T, J, TH, VEC, STAGES,
                     )
                 m_s, ll_s = _lse_parts(ms, ls)
                 m_t, ll_t = _lse_parts(mt, lt)
@@ -813,32 +854,32 @@ def _rows_kernel(
                 w_akl = 0.0
                 G = 0.0
                 if kd_on:
-                    if OBJ == 7:
+                    if OBJ == ADAPTIVE_KL:
                         if special:
                             kd_val, G, w_akl = _akl_weight(
-                                S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, akl_alpha,
+                                S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, p0,
                                 True, ALIGNED_T, TH, K, VEC, STAGES,
                             )
                         else:
                             kd_val, G, w_akl = _akl_weight(
-                                S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, akl_alpha,
+                                S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, p0,
                                 False, ALIGNED_T, TH, K, VEC, STAGES,
                             )
                     elif special:
                         kd_val, G, alpha_sum = _pass2(
-                            S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, beta, lam,
-                            OBJ, BETA_ONE, WANT_ALPHA, True, ALIGNED_T, J, TH, VEC, STAGES,
+                            S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, p0, p1,
+                            OBJ, TODI_BETA_ONE, WANT_DIAG, True, ALIGNED_T, J, TH, VEC, STAGES,
                         )
-                    elif ONLINE == 1:  # Σ p = 1: FKL = Σ p (x_t − x_s)/T − (lse_t − lse_s), G = −1
+                    elif ONLINE == ONLINE_FKL:  # Σ p = 1: FKL = Σ p (x_t − x_s)/T − (lse_t − lse_s), G = −1
                         kd_val = (hh / lt) * inv_t - _lse_diff(m_t, ll_t, m_s, ll_s, c)
                         G = -1.0
-                    elif ONLINE == 2:  # Σ q = 1: RKL likewise, G = Σ q (s − t + 1) = RKL + 1
+                    elif ONLINE == ONLINE_RKL:  # Σ q = 1: RKL likewise, G = Σ q (s − t + 1) = RKL + 1
                         kd_val = (hh / ls) * inv_t - _lse_diff(m_s, ll_s, m_t, ll_t, c)
                         G = kd_val + 1.0
                     else:
                         kd_val, G, alpha_sum = _pass2(
-                            S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, beta, lam,
-                            OBJ, BETA_ONE, WANT_ALPHA, False, ALIGNED_T, J, TH, VEC, STAGES,
+                            S, T, s_start, t_start, V, c, m_s, ll_s, m_t, ll_t, p0, p1,
+                            OBJ, TODI_BETA_ONE, WANT_DIAG, False, ALIGNED_T, J, TH, VEC, STAGES,
                         )
 
                 # ---- pass 3: the gradient of ce_w·CE + kd_w·D ----
@@ -848,29 +889,29 @@ def _rows_kernel(
                     if kd_on:
                         if special:
                             _pass3(S, T, GRAD, s_start, t_start, g_start, V, label, c, m_s, ll_s, m_t, ll_t, m_1,
-                                   ll_1, G, w_akl, kd_coef, ce_coef, beta, lam, OBJ, BETA_ONE, True, CE_GRAD,
+                                   ll_1, G, w_akl, kd_coef, ce_coef, p0, p1, OBJ, TODI_BETA_ONE, True, CE_GRAD,
                                    CE_SHARED, True, ALIGNED_T, ALIGNED_G, J, TH, VEC, STAGES)
                         else:
                             _pass3(S, T, GRAD, s_start, t_start, g_start, V, label, c, m_s, ll_s, m_t, ll_t, m_1,
-                                   ll_1, G, w_akl, kd_coef, ce_coef, beta, lam, OBJ, BETA_ONE, True, CE_GRAD,
+                                   ll_1, G, w_akl, kd_coef, ce_coef, p0, p1, OBJ, TODI_BETA_ONE, True, CE_GRAD,
                                    CE_SHARED, False, ALIGNED_T, ALIGNED_G, J, TH, VEC, STAGES)
                         if PADDED:
                             _ce_tail_pass3(S, GRAD, s_start, g_start, V, VS, label, m_1, ll_1, ce_coef, CE_GRAD,
                                            TH * VEC)
                     else:
                         _pass3(S, T, GRAD, s_start, t_start, g_start, VS, label, c, m_s, ll_s, m_t, ll_t, m_1, ll_1,
-                               G, w_akl, kd_coef, ce_coef, beta, lam, OBJ, BETA_ONE, False, CE_GRAD, CE_SHARED,
+                               G, w_akl, kd_coef, ce_coef, p0, p1, OBJ, TODI_BETA_ONE, False, CE_GRAD, CE_SHARED,
                                False, ALIGNED_T, ALIGNED_G, J, TH, VEC, STAGES)
             else:
                 if WRITE_GRAD:
                     _pass3(S, T, GRAD, s_start, t_start, g_start, VS, label, c, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                           0.0, 0.0, 0.0, 0.0, beta, lam, OBJ, BETA_ONE, False, False, False, False,
+                           0.0, 0.0, 0.0, 0.0, p0, p1, OBJ, TODI_BETA_ONE, False, False, False, False,
                            ALIGNED_T, ALIGNED_G, J, TH, VEC, STAGES)
             tl.store(OUT_KD + row, kd_val)
             tl.store(OUT_CE + row, ce_val)
             tl.store(OUT_CORRECT + row, correct)
-            if WANT_ALPHA:
-                tl.store(OUT_ALPHA + row, alpha_sum)
+            if WANT_DIAG:
+                tl.store(OUT_DIAG + row, alpha_sum)
 
 
 @triton.jit
@@ -907,12 +948,22 @@ def _num_programs(n_rows: int, device: torch.device, cfg: KernelConfig) -> int:
     return max(1, min(n_rows, _multiprocessors(index) * cfg.programs_per_sm))
 
 
-def _online_sum(code: int) -> int:
-    """1 (2): forward (reverse) KL, whose value and G come out of the first pass."""
-    return {1: 1, 2: 2}.get(code, 0)
+def branch_code(spec: LossSpec) -> int | None:
+    """The kernel branch of ``spec``'s objective (its registry entry names it), or None."""
+    if spec.objective is None:
+        return int(CE_ONLY.value)
+    name = spec.triton_branch
+    return None if name is None else int(BRANCHES[name].value)
 
 
-def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool) -> RowsResult:
+def _params(spec: LossSpec) -> list[float]:
+    values = [v for _, v in spec.params]
+    if len(values) > MAX_PARAMS:
+        raise ValueError(f"{spec.objective}: the Triton kernel takes at most {MAX_PARAMS} parameters")
+    return values + [0.0] * (MAX_PARAMS - len(values))
+
+
+def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostics: bool) -> BackendOutput:
     """Values of every row and, with ``want_grad``, the gradient of the weighted loss (see spec)."""
     cfg = _config()
     student, teacher = inp.student, inp.teacher
@@ -922,15 +973,18 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
     has_ce = inp.labels is not None
     if student.stride(1) != 1 or (teacher is not None and teacher.stride(1) != 1):
         raise ValueError("the Triton kernels need the last dimension of the logits to be contiguous")
+    code = branch_code(spec) if has_kd else int(CE_ONLY.value)
+    if code is None:
+        raise ValueError(f"objective {spec.objective} {spec.kwargs} has no Triton branch; use impl 'chunked' or 'auto'")
 
-    kd = torch.empty(n, dtype=torch.float32, device=device)
-    ce = torch.empty(n, dtype=torch.float32, device=device)
-    correct = torch.empty(n, dtype=torch.float32, device=device)
-    want_alpha = want_alpha and has_kd and spec.objective == "ToDi"
-    alpha = torch.empty(n, dtype=torch.float32, device=device) if want_alpha else None
+    new = lambda: torch.empty(n, dtype=torch.float32, device=device)  # noqa: E731
+    kd, ce, correct = new(), new(), new()
+    diag_name = BRANCH_DIAGNOSTICS.get(spec.triton_branch) if has_kd and want_diagnostics else None
+    diagnostics = {diag_name: new()} if diag_name is not None else {}
     grad = torch.empty(n, v_student, dtype=student.dtype, device=device) if want_grad else None
+    out = BackendOutput(kd=kd, ce=ce, correct=correct, diagnostics=diagnostics, grad=grad)
     if n == 0:
-        return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
+        return out
 
     temp_rows = isinstance(inp.temperature, Tensor)
     kdw_rows = isinstance(inp.kd_weight, Tensor)
@@ -940,8 +994,8 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
     threads = INTERPRET_THREADS if _interpreting() else 32 * cfg.num_warps
     stride_t = teacher.stride(0) if has_kd else student.stride(0)
     stride_g = grad.stride(0) if want_grad else student.stride(0)
-    code = _kernel_objective(spec) if has_kd else 0
-    _rows_kernel[(programs,)](
+    p0, p1 = _params(spec)
+    _loss_kernel[(programs,)](
         student,
         teacher if has_kd else student,
         inp.labels.contiguous() if has_ce else dummy,
@@ -952,7 +1006,7 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         kd,
         ce,
         correct,
-        alpha if want_alpha else dummy,
+        diagnostics.get(diag_name, dummy),
         n,
         programs,
         triton.cdiv(n, programs),
@@ -964,13 +1018,12 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         1.0 if temp_rows else float(inp.temperature),
         0.0 if kdw_rows else float(inp.kd_weight),
         float(inp.ce_weight),
-        spec.beta,
-        spec.skew_lambda,
-        spec.adaptive_kl_alpha,
+        p0,
+        p1,
         inp.ignore_index,
         OBJ=code,
-        BETA_ONE=spec.beta == 1.0,
-        ONLINE=_online_sum(code),
+        TODI_BETA_ONE=code == TODI.value and p0 == 1.0,
+        ONLINE={FORWARD_KL.value: ONLINE_FKL.value, REVERSE_KL.value: ONLINE_RKL.value}.get(code, ONLINE_NONE.value),
         HAS_KD=has_kd,
         HAS_CE=has_ce,
         CE_GRAD=has_ce and want_grad and inp.ce_weight != 0.0,
@@ -979,7 +1032,7 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         TEMP_ROWS=temp_rows,
         KDW_ROWS=kdw_rows,
         WRITE_GRAD=want_grad,
-        WANT_ALPHA=want_alpha,
+        WANT_DIAG=diag_name is not None,
         # the teacher's and the gradient's rows start at the same offset within a vector as the
         # student's (same stride modulo the vector): their interior tiles are aligned too
         ALIGNED_T=(stride_t - student.stride(0)) % vec == 0,
@@ -991,16 +1044,7 @@ def forward(spec: LossSpec, inp: RowsInput, *, want_grad: bool, want_alpha: bool
         STAGES=cfg.stages,
         num_warps=cfg.num_warps,
     )
-    return RowsResult(kd=kd, ce=ce, correct=correct, alpha=alpha, grad=grad)
-
-
-def _kernel_objective(spec: LossSpec) -> int:
-    """The kernel's objective code; the skewed KLs at λ = 0 or 1 are other objectives."""
-    if spec.objective in ("skewed_forward_kl", "skewed_reverse_kl") and spec.skew_lambda in (0.0, 1.0):
-        if spec.skew_lambda == 1.0:
-            return 9  # KL of a distribution with itself: 0
-        return 1 if spec.objective == "skewed_forward_kl" else 2
-    return spec.code
+    return out
 
 
 def scale_rows_(grad: Tensor, scale: Tensor, active: Tensor) -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 
 from todi.data import DataError
-from todi.evaluation import EvalSet, base_model_of_adapter, evaluate_sets, setup_distributed
+from todi.distributed import init_distributed
+from todi.ds_config import PRECISIONS
+from todi.evaluation import EvalSet, base_model_of_adapter, evaluate_sets
 from todi.generation import SamplingConfig
-from todi.models import DTYPES, load_model, load_tokenizer
+from todi.models import load_model, load_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: the adapter's adapter_config.json base_model_name_or_path)")
     g.add_argument("--peft", choices=["lora"], help="the adapter type of --peft-path (official flag; LoRA is the only one)")
     g.add_argument("--peft-path", type=Path, help="LoRA adapter directory, merged into the base model for generation")
-    g.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+    g.add_argument("--dtype", choices=list(PRECISIONS), default="fp32",
                    help="weights dtype (default fp32: answers then do not depend on batch size or GPU count; "
                         "the official evaluation ran bf16, which is faster for large models)")
     g = p.add_argument_group("data")
@@ -85,8 +87,10 @@ def main(argv=None) -> int:
             if not s.path.is_file():
                 raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; prepare it with code/prepare_data.py)")
         model_path = args.model_path or base_model_of_adapter(args.peft_path)
-        rank, world_size, device = setup_distributed()
-        dtype = DTYPES[args.dtype]
+        # a group of one without torchrun; NCCL on GPUs (one per local rank), gloo on CPU
+        env = init_distributed()
+        rank, world_size, device = env.rank, env.world_size, env.device
+        dtype = PRECISIONS[args.dtype]
         # the adapter directory's tokenizer if it saved one (it may add tokens), else the model's
         tokenizer_dir = args.peft_path if args.peft_path and (args.peft_path / "tokenizer_config.json").is_file() else model_path
         tokenizer = load_tokenizer(tokenizer_dir)

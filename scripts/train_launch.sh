@@ -1,6 +1,13 @@
 # Sourced by the training scripts (gpt2/*.sh, tinyllama/*.sh) once their settings are made and OPTS
 # holds their own flags (teacher, KD, LoRA, gradient checkpointing): adds the flags every run shares,
 # then launches code/distillation.py under torchrun, printing to the terminal and to train.log.
+# With a KD objective in OPTS (--kd-objective), it also passes the objective's parameters: a flag
+# for each of these variables that is set and non-empty (empty: the objective's registry default),
+#   TODI_BETA → --todi-beta, SKEW_LAMBDA → --skew-lambda, ADAPTIVE_KL_ALPHA → --adaptive-kl-alpha,
+#   GJSD_BETA → --gjsd-beta, AB_ALPHA → --ab-alpha, AB_BETA → --ab-beta,
+# and OBJ_ARGS verbatim (any other objective flag, e.g. a plug-in's "--scaled-gamma 2"). A parameter
+# of another objective than the chosen one is an error of distillation.py, so set only the chosen
+# one's. PLUGINS (space-separated Python files or modules) become one --plugin each, for every script.
 # shellcheck shell=bash disable=SC2154   # the variables come from the sourcing script
 
 # model
@@ -47,6 +54,22 @@ OPTS+=" --do-sample"
 OPTS+=" --top-k 0"
 OPTS+=" --top-p 1.0"
 OPTS+=" --temperature 1.0"
+# objective parameters (KD scripts only) and plug-ins
+case "${OPTS}" in
+    *" --kd-objective "*)
+        for pair in TODI_BETA:--todi-beta SKEW_LAMBDA:--skew-lambda ADAPTIVE_KL_ALPHA:--adaptive-kl-alpha \
+                    GJSD_BETA:--gjsd-beta AB_ALPHA:--ab-alpha AB_BETA:--ab-beta; do
+            variable=${pair%%:*}
+            if [ -n "${!variable:-}" ]; then
+                OPTS+=" ${pair#*:} ${!variable}"
+            fi
+        done
+        OPTS+=" ${OBJ_ARGS:-}"
+        ;;
+esac
+for plugin in ${PLUGINS:-}; do
+    OPTS+=" --plugin ${plugin}"
+done
 OPTS+=" ${EXTRA_OPTS}"
 
 export CUDA_VISIBLE_DEVICES=${GPUS}

@@ -33,6 +33,7 @@ RANKS = {
     "todi.fused_head": 5, "todi.prepare": 6, "todi.curves": 6,
     "todi.judge_inputs": 6, "todi.judge_stats": 6, "todi.judge": 7,
     # 7: evaluation and the command line; 8: training; 9: what drives whole pipelines
+    "todi.step_metrics": 6, "todi.dev_evaluation": 7,
     "todi.evaluation": 7, "todi.args": 7, "todi.run_state": 8, "todi.training_setup": 8, "todi.trainer": 9,
     "todi.study": 9, "todi.demo": 9,
 }

@@ -273,5 +273,5 @@ def test_the_step_path_never_reads_device_values(process_group, pair, dolly, tmp
     assert calls == []
     trainer.state.global_step = 2
     trainer._log_interval(0)
-    assert [c for c in calls if c[0] == "tolist"] == [("tolist", "trainer.py", "reduce")]
+    assert [c for c in calls if c[0] == "tolist"] == [("tolist", "step_metrics.py", "reduce")]
     assert {c[2] for c in calls} <= {"reduce", "_log_interval"}  # (the grad norm DeepSpeed keeps)

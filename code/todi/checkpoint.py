@@ -1,8 +1,8 @@
 """Checkpoints (Hugging Face directories), keep-best-N, and the resumable training state.
 
-Everything is written atomically: into a temporary directory next to the target, then renamed.
-A crash mid-save leaves the previous checkpoint/state intact and at most a ``.tmp-*`` directory,
-which the next run removes.
+Everything is written atomically (:mod:`todi.atomic`): into a temporary directory next to the
+target, then renamed. A crash mid-save leaves the previous checkpoint/state intact and at most a
+``.tmp-*`` entry, which the next run removes.
 
 Layout of a run directory::
 
@@ -16,20 +16,20 @@ Layout of a run directory::
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import uuid
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+# re-exported: the trainer writes through ``checkpoint`` (ckpt.atomic_write_text, ...)
+from todi.atomic import TMP_PREFIX, atomic_dir, atomic_write_text, remove_stale_temporaries, replace_dir
 from todi.distributed import barrier
 
 __all__ = [
+    "TMP_PREFIX",
     "BestCheckpoints",
     "TrainerState",
     "atomic_dir",
@@ -43,51 +43,6 @@ __all__ = [
     "save_resume_state",
     "set_rng_state",
 ]
-
-TMP_PREFIX = ".tmp-"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` is first moved aside, then deleted."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f"{TMP_PREFIX}old-{dst.name}.{uuid.uuid4().hex[:8]}")
-        os.rename(dst, old)
-    os.rename(src, dst)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-@contextmanager
-def atomic_dir(final: str | Path):
-    """Yield a temporary directory that becomes ``final`` on success and vanishes on failure."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _replace_dir(tmp, final)
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete what an interrupted save left behind (``.tmp-*`` entries); returns them."""
-    directory = Path(directory)
-    stale = sorted(directory.glob(f"{TMP_PREFIX}*")) if directory.is_dir() else []
-    for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return stale
 
 
 def checkpoint_name(epoch: int, step: int, loss: float | None, rouge_l: float | None) -> str:
@@ -202,7 +157,7 @@ def save_resume_state(engine, root: str | Path, state: TrainerState, *, rank: in
         (root / tmp_tag / "trainer_state.json").write_text(state.to_json())
     barrier()
     if rank == 0:
-        _replace_dir(root / tmp_tag, root / tag)
+        replace_dir(root / tmp_tag, root / tag)
         atomic_write_text(root / "latest.json", json.dumps({"tag": tag}))
         for old in root.iterdir():
             if old.is_dir() and old.name != tag and old.name.startswith("step"):

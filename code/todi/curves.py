@@ -11,14 +11,14 @@ steps after its last saved state. :func:`plot_curves` draws one panel per field,
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from todi.results import atomic_write_bytes, method_name
+from todi.atomic import atomic_write_with
+from todi.results import distinct_labels, method_name
 
 __all__ = [
     "ARGS_FILE", "DEFAULT_FIELDS", "METRICS_FILE", "CurveError", "Run", "Series", "build_series",
@@ -187,17 +187,10 @@ def _path_tokens(path: Path) -> list[str]:
 
 def _disambiguate(runs: Sequence[Run]) -> None:
     """Runs sharing a label get the path components (or run-name fields) the others lack appended."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.label, []).append(run)
-    for label, group in groups.items():
-        if len(group) == 1:
-            continue
-        tokens = [_path_tokens(run.path) for run in group]
-        common = set.intersection(*(set(t) for t in tokens))
-        for run, toks in zip(group, tokens):
-            distinct = [t for t in toks if t not in common]
-            run.label = f"{label} ({'/'.join(distinct)})" if distinct else run.path.as_posix()
+    labels = distinct_labels([run.label for run in runs], [_path_tokens(run.path) for run in runs],
+                             [run.path.as_posix() for run in runs], sep="/")
+    for run, label in zip(runs, labels):
+        run.label = label
 
 
 def load_runs(paths: Iterable[str | Path]) -> list[Run]:
@@ -280,10 +273,10 @@ def plot_curves(
     fig.legend(handles, [run.label for run in runs], loc="lower center", bbox_to_anchor=(0.5, 1.0),
                ncol=min(LEGEND_COLUMNS, len(runs)), fontsize="small", frameon=False)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")  # bbox: room for the legend above
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:  # bbox: room for the legend above
+        atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return chosen
 
 

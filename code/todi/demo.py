@@ -21,6 +21,8 @@ import json
 import random
 from pathlib import Path
 
+from todi.atomic import atomic_write_text
+
 __all__ = ["PROMPT_TEMPLATE", "build_models", "build_tokenizer", "make_examples", "prepare"]
 
 # The end of MiniLLM's Dolly template (the one in ../shared/data/dolly), without its 20-token preamble:
@@ -163,10 +165,7 @@ def build_models(tokenizer, out_dir: str | Path, *, seed: int = 0, n_positions: 
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def prepare(out_dir: str | Path, *, n_train: int = 2000, n_dev: int = 100, n_valid: int = 200, seed: int = 0) -> dict:

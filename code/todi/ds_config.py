@@ -16,6 +16,7 @@ import torch
 
 __all__ = ["PRECISIONS", "fill_config", "load_config", "precision", "validate", "zero_stage"]
 
+# precision name (as in configs and --dtype) -> torch dtype; the one table of them
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

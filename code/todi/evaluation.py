@@ -8,20 +8,17 @@ writes ``<out_dir>/<set>/seed<seed>/{answers.jsonl,metrics.json}`` (see :mod:`to
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
 
 from .data import DataError, read_jsonl
 from .generation import SamplingConfig, generate
 from .metrics import compute_metrics
 from .results import check_set_name, write_result
 
-__all__ = ["EvalSet", "base_model_of_adapter", "evaluate_sets", "load_eval_set", "setup_distributed"]
+__all__ = ["EvalSet", "base_model_of_adapter", "evaluate_sets", "load_eval_set"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,21 +65,6 @@ def base_model_of_adapter(adapter_dir: str | Path) -> Path:
     raise FileNotFoundError(
         f"{config_path}: base model {name!r} is not a directory here; give it with --model-path / MODEL_PATH"
     )
-
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) under torchrun (NCCL on GPUs, gloo on CPU) or a plain process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
-    else:
-        device = torch.device("cpu")
-    if world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
 
 
 def evaluate_sets(

@@ -27,7 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .results import PAPER_SETS, atomic_write_bytes
+from .atomic import atomic_write_with
+from .results import PAPER_SETS
 
 __all__ = [
     "OUTCOMES", "VERDICTS", "Tally", "combine", "plot", "sign_test_p", "summary_rows", "to_csv", "to_markdown",
@@ -203,7 +204,7 @@ def plot(rows: Sequence[dict], path, name_a: str, name_b: str) -> None:
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of judged examples")
     ax.legend(fontsize="small", loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)

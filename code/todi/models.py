@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 __all__ = [
-    "DTYPES",
     "build_student",
     "build_teacher",
     "check_vocabularies",
@@ -17,8 +16,6 @@ __all__ = [
     "same_tokenizer",
     "save_random_model",
 ]
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def _check_dir(path: str | Path, what: str) -> Path:

@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_write_text
 from .data import DataError, line_numbers, read_jsonl
-from .results import atomic_write_text
 
 __all__ = [
     "DATASETS", "MAX_PROMPT_TOKENS", "MIN_REFERENCE_TOKENS", "PrepareError", "alpaca_prompt",

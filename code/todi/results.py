@@ -14,18 +14,17 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .atomic import atomic_write_text, atomic_write_with
+
 __all__ = [
-    "METRICS", "PAPER_SETS", "ResultError", "SeedResult", "Row", "atomic_write_bytes", "atomic_write_text",
-    "check_set_name", "collect",
+    "METRICS", "PAPER_SETS", "ResultError", "SeedResult", "Row", "check_set_name", "collect", "distinct_labels",
     "method_name", "plot", "result_dir", "summarize", "to_csv", "to_markdown", "write_result",
 ]
 
@@ -49,28 +48,6 @@ def check_set_name(name: str) -> str:
 def result_dir(eval_dir: str | Path, set_name: str, seed: int) -> Path:
     """Where the result of one (set, seed) lives: ``<eval_dir>/<set>/seed<seed>``."""
     return Path(eval_dir) / check_set_name(set_name) / f"seed{int(seed)}"
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename, so a
-    reader (or a crash) never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_result(
@@ -239,24 +216,34 @@ def summarize(results: Sequence[SeedResult], root: str | Path | None = None, met
         return path.as_posix()
 
     ordered = [rows[k] for k in sorted(rows)]
-    for row in ordered:
-        row.label = method_name(row.checkpoint) or where(row.checkpoint)
-    groups: dict[str, list[Row]] = {}
-    for row in ordered:
-        groups.setdefault(row.label, []).append(row)
-    for label, group in groups.items():
-        if len(group) == 1:
-            continue
-        # name each by what tells it apart: the path parts, and run-name fields (lr=..., epoch=...),
-        # that the others of the group do not share
-        tokens = [_path_tokens(where(row.checkpoint)) for row in group]
-        common = set.intersection(*(set(t) for t in tokens))
-        for row, toks in zip(group, tokens):
-            distinct = [t for t in toks if t not in common]
-            row.label = f"{label} ({', '.join(distinct)})" if distinct else where(row.checkpoint)
+    places = [where(row.checkpoint) for row in ordered]
+    labels = distinct_labels([method_name(row.checkpoint) or p for row, p in zip(ordered, places)],
+                             [_path_tokens(p) for p in places], places)
+    for row, label in zip(ordered, labels):
+        row.label = label
     present = {s for row in ordered for s in row.seeds}
     columns = [s for s in PAPER_SETS if s in present] + sorted(present - set(PAPER_SETS))
     return ordered, columns
+
+
+def distinct_labels(
+    labels: Sequence[str], tokens: Sequence[Sequence[str]], fallbacks: Sequence[str], sep: str = ", "
+) -> list[str]:
+    """Make shared labels distinct: each item of a group sharing a label gets, in parentheses, what
+    tells it apart (its ``tokens``, e.g. path parts and run-name fields such as lr=..., that not all
+    of the group share), or its ``fallback`` when nothing does. Unshared labels stay as they are."""
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    out = list(labels)
+    for label, group in groups.items():
+        if len(group) == 1:
+            continue
+        common = set.intersection(*(set(tokens[i]) for i in group))
+        for i in group:
+            distinct = [t for t in tokens[i] if t not in common]
+            out[i] = f"{label} ({sep.join(distinct)})" if distinct else fallbacks[i]
+    return out
 
 
 def _path_tokens(path: str) -> list[str]:
@@ -328,7 +315,7 @@ def plot(rows: Sequence[Row], columns: Sequence[str], path: str | Path, metric: 
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")  # room for the legend on the right
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    try:  # bbox: room for the legend on the right
+        atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    finally:
+        plt.close(fig)

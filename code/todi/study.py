@@ -31,7 +31,6 @@ import math
 import multiprocessing
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from todi.adakd import AdaKD
+from todi.atomic import atomic_write_text, atomic_write_with
 from todi.criterion import DistillationLoss
 from todi.divergences import DIVERGENCES
 
@@ -311,21 +311,10 @@ def plot(result: dict, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
 
     fig.tight_layout()
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        atomic_write_with(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = markdown(result, cfg)
     table += (f"\nRun time: {time.perf_counter() - started:.0f} s on CPU "
               f"({min(workers, len(RUNS))} single-threaded worker process(es)).\n")
-    _atomic_write(out / "study.md", lambda f: f.write(table.encode()))
+    atomic_write_text(out / "study.md", table)
     plot(result, out / "study.png")
     print(table)
     print(f"wrote {out / 'study.md'} and {out / 'study.png'}")

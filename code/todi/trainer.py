@@ -13,8 +13,6 @@ asynchronously on GPUs).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import shutil
 import sys
 import time
@@ -25,26 +23,20 @@ import torch
 from torch import Tensor
 
 from todi import checkpoint as ckpt
-from todi import ds_config
 from todi.batching import epoch_plan
-from todi.criterion import DistillationLoss, LossOutput, cross_entropy_sum, loss_scale
-from todi.data import Batch, Collator, DataError, Split, load_split
+from todi.criterion import DistillationLoss, LossOutput, loss_scale
+from todi.data import Batch, DataError
+from todi.dev_evaluation import DevEvaluation
 from todi.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from todi.fused_head import fused_student_loss
 from todi.labels import IGNORE_INDEX
 from todi.log import MetricsLog, format_record, logger, setup_logging
-from todi.models import (
-    build_student,
-    build_teacher,
-    check_vocabularies,
-    load_tokenizer,
-    optimizer_param_groups,
-    same_tokenizer,
-)
-from todi.schedule import build_scheduler
-from todi.args import objective_kwargs, run_identity
+from todi.run_state import RunDirectory
+from todi.step_metrics import StepMetrics
+from todi import training_setup as setup
 
-__all__ = ["Trainer", "main", "sampling_config", "student_loss", "teacher_forward"]
+__all__ = ["Trainer", "main", "student_loss", "teacher_forward"]
+
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
                  *, diagnostics: bool = False, fused: bool = False) -> LossOutput:
@@ -71,256 +63,64 @@ def teacher_forward(teacher, batch: Batch) -> Tensor:
         return teacher(input_ids=ids, attention_mask=batch.attention_mask, use_cache=False).logits
 
 
-class _Metrics:
-    """Device-side sums over a log interval, reduced across processes in one collective."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.device_sums: dict[str, Tensor] = {}
-        self.host_sums: dict[str, float] = {"examples": 0.0, "input_tokens": 0.0, "steps": 0.0}
-
-    def add(self, name: str, value: Tensor) -> None:
-        value = value.detach().float()
-        if name in self.device_sums:
-            self.device_sums[name] += value
-        else:
-            self.device_sums[name] = value.clone()
-
-    def add_host(self, name: str, value: float) -> None:
-        self.host_sums[name] = self.host_sums.get(name, 0.0) + value
-
-    def reduce(self) -> dict[str, float]:
-        """Global sums (one all-reduce, one host transfer); then resets."""
-        names = sorted(self.device_sums)
-        host_names = sorted(self.host_sums)
-        values = [self.device_sums[n].to(self.device) for n in names]
-        values += [torch.tensor(self.host_sums[n], device=self.device) for n in host_names]
-        summed = all_reduce_sum(torch.stack(values)).tolist() if values else []
-        self.reset()
-        return dict(zip(names + host_names, summed))
-
-
 class Trainer:
-    """Builds data, models, the DeepSpeed engine and the criterion from the arguments, then trains."""
+    """Builds the run (:mod:`todi.training_setup`) from the arguments, resumes it if its directory
+    holds its state (:mod:`todi.run_state`), then trains: optimizer steps, logging, dev evaluation,
+    checkpoints."""
 
     def __init__(self, args: argparse.Namespace, env: DistEnv):
-        import deepspeed
         from transformers import set_seed
 
         self.args, self.env = args, env
-        self.save_dir = Path(args.save_dir)
-        self.resume_root = self.save_dir / "resume"
-        if env.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            for stale in ckpt.remove_stale_temporaries(self.save_dir) + ckpt.remove_stale_temporaries(self.resume_root):
-                logger.info(f"removed the leftover of an interrupted save: {stale}")
-        barrier()
-
-        # DeepSpeed config: precision and ZeRO stage from the file, batch settings from the CLI
-        raw_config = ds_config.load_config(args.deepspeed_config)
-        self.precision = ds_config.precision(raw_config)
-        self.zero_stage = ds_config.zero_stage(raw_config)
-        self.dtype = ds_config.PRECISIONS[self.precision]
-        self._check_precision_flags()
-        self.ds_config, changes = ds_config.fill_config(
-            raw_config, micro_batch_size=args.batch_size, grad_accum=args.gradient_accumulation_steps,
-            clip_grad=args.clip_grad, world_size=env.world_size,
-        )
-        overriding = f" (overriding {'; '.join(changes)})" if changes else ""
-        logger.info(f"DeepSpeed config {args.deepspeed_config}: {self.precision}, ZeRO stage {self.zero_stage}; "
-                    f"from the command line: micro-batch {args.batch_size}, gradient accumulation "
-                    f"{args.gradient_accumulation_steps}, clipping {args.clip_grad:g}{overriding}")
-        run_info = {"world_size": env.world_size, "precision": self.precision, "zero_stage": self.zero_stage}
-        self.resume_tag = self._resume_decision(run_info)
-        self._write_args(run_info)
-
+        self.ds = setup.deepspeed_settings(args, env)
+        self.zero_stage = self.ds.zero_stage
+        self.run = RunDirectory(args, env, {"world_size": env.world_size, "precision": self.ds.precision,
+                                            "zero_stage": self.ds.zero_stage})
+        self.save_dir = self.run.path
+        self.run.write_args({"deepspeed": self.ds.config})
         set_seed(args.seed)  # the same on every process; the data order has its own generator
 
-        # tokenizers and data
-        self.tokenizer = load_tokenizer(args.model_path)
-        self.uses_teacher = args.criterion == "various_divergence" and args.kd_rate > 0
-        teacher_tokenizer = load_tokenizer(args.teacher_model_path) if self.uses_teacher else None
-        separate = teacher_tokenizer is not None and not same_tokenizer(self.tokenizer, teacher_tokenizer)
-        if separate:
-            logger.info("teacher tokenizer differs from the student's: tokenising separately (alignment is checked)")
-        data_dir = Path(args.data_dir)
-        lengths = dict(max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                       teacher_tokenizer=teacher_tokenizer if separate else None)
-        self.train_data = load_split(data_dir / "train.jsonl", self.tokenizer, limit=args.train_num, **lengths)
-        logger.info(self.train_data.stats.summary("train"))
-        self.dev_data: Split | None = None
-        if args.do_valid:
-            self.dev_data = load_split(data_dir / "dev.jsonl", self.tokenizer, limit=args.dev_num, training=False, **lengths)
-            logger.info(self.dev_data.stats.summary("dev"))
-        self.collate = Collator(
-            pad_id=self.tokenizer.pad_token_id,
-            teacher_pad_id=teacher_tokenizer.pad_token_id if separate else None,
-            pad_to=args.max_length if args.pad_to_max_length else None,
-        )
-
-        # schedule length
-        per_step = args.batch_size * args.gradient_accumulation_steps * env.world_size
-        self.steps_per_epoch = len(self.train_data.examples) // per_step
-        if self.steps_per_epoch == 0:
-            raise SystemExit(f"{len(self.train_data.examples)} training examples do not fill one optimizer step of "
-                             f"{per_step} (batch size × gradient accumulation × processes)")
-        self.total_iters = args.total_iters or self.steps_per_epoch * args.num_epochs
-        self.num_epochs = args.num_epochs or math.ceil(self.total_iters / self.steps_per_epoch)
-        logger.info(f"{self.steps_per_epoch} optimizer steps per epoch of {per_step} examples; "
-                    f"{self.total_iters} steps over at most {self.num_epochs} epochs")
-
-        # models
-        self.student = build_student(
-            args.model_path, dtype=self.dtype, peft=args.peft, lora_r=args.peft_lora_r,
-            lora_alpha=args.peft_lora_alpha, lora_dropout=args.peft_lora_dropout,
-            gradient_checkpointing=args.gradient_checkpointing,
-        )
-        self._log_parameters(self.student, "student")
-        self.teacher = None
-        if self.uses_teacher:
-            self.teacher = build_teacher(args.teacher_model_path, dtype=self.dtype, adapter_path=args.teacher_peft_path)
-            check_vocabularies(self.student, self.teacher, self.tokenizer, teacher_tokenizer)
-            self._log_parameters(self.teacher, "teacher")
-
-        optimizer = torch.optim.AdamW(
-            optimizer_param_groups(self.student, args.weight_decay), lr=args.lr,
-            fused=env.device.type == "cuda",
-        )
-        scheduler = build_scheduler(optimizer, args.lr_decay_style, warmup=args.warmup_iters,
-                                    total=self.total_iters, lr_min=args.lr_min)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.student, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
-            dist_init_required=False,
-        )
-        self._teacher_engine = None
-        if self.teacher is not None:
-            if self.zero_stage == 3:
-                self._teacher_engine = self._partition_teacher(deepspeed)
-                self.teacher = self._teacher_engine.module
-            else:
-                self.teacher.to(env.device)
-        if args.compile:
-            self.engine.compile(compile_kwargs={"dynamic": True})
-            if self._teacher_engine is not None:
-                self._teacher_engine.compile(compile_kwargs={"dynamic": True})
-            elif self.teacher is not None:
-                self.teacher = torch.compile(self.teacher, dynamic=True)
-
-        # loss
-        self.adakd = None
-        if args.adakd:
-            from todi.adakd import AdaKD  # only AdaKD runs need it
-
-            self.adakd = AdaKD(
-                self.total_iters, c=args.adakd_c, ema_decay=args.adakd_ema, eps=args.adakd_eps,
-                delta=args.adakd_delta, warmup=args.adakd_warmup, min_ratio=args.adakd_min_ratio,
-                difficulty=args.adakd_difficulty,
-            )
-        if args.criterion == "various_divergence":
-            params = objective_kwargs(args)
-            self.criterion = DistillationLoss(args.kd_objective, kd_rate=args.kd_rate, temperature=args.kd_temperature,
-                                              impl=args.kd_impl, planner=self.adakd, **params)
-        else:
-            self.criterion = DistillationLoss(None, kd_rate=0.0)
-        if args.criterion == "various_divergence" and not self.uses_teacher:
-            logger.info("--kd-rate 0: the teacher is not used (plain SFT through the same loss)")
+        self.data = setup.build_data(args)
+        self.steps_per_epoch, self.total_iters, self.num_epochs = setup.schedule_length(
+            args, len(self.data.train.examples), env.world_size)
+        self.uses_teacher = setup.uses_teacher(args)
+        models = setup.build_models(args, env, self.ds, self.data, self.total_iters)
+        self.engine, self.scheduler, self.teacher = models.engine, models.scheduler, models.teacher
+        self.criterion, self.adakd = setup.build_criterion(args, self.total_iters)
+        self.dev = DevEvaluation(args, env, self.ds.zero_stage)
 
         self.state = ckpt.TrainerState()
         self.best = ckpt.BestCheckpoints(args.keep_best_n_checkpoints)
-        self.metrics = _Metrics(env.device)
-        self.epoch_metrics = _Metrics(env.device)
+        self.metrics = StepMetrics(env.device)
+        self.epoch_metrics = StepMetrics(env.device)
         self.log_file = MetricsLog(self.save_dir / "metrics.jsonl", env.is_main)
-        if self.resume_tag is None:
-            self.log_file.clear()  # a new run: the records of an earlier one would mix in
         self._rng_to_restore = None
         self.state_epoch_sums: dict[str, float] = {}  # epoch sums of steps before the last saved state
-        if self.resume_tag is not None:
+        if self.run.resume_tag is None:
+            self.log_file.clear()  # a new run: the records of an earlier one would mix in
+        else:
             self._load_state()
-
-    # ------------------------------------------------------------------ setup helpers
-
-    def _check_precision_flags(self) -> None:
-        args = self.args
-        if args.model_dtype is not None and args.model_dtype != self.precision:
-            raise SystemExit(f"--model-dtype {args.model_dtype} contradicts the DeepSpeed config "
-                             f"({self.precision}); drop it: the config sets the precision of both models")
-        if args.teacher_model_fp16 and self.precision != "fp16":
-            raise SystemExit(f"--teacher-model-fp16 contradicts the DeepSpeed config ({self.precision}); drop it: "
-                             "the teacher runs in the training precision")
-        if args.n_gpu is not None and args.n_gpu != self.env.local_world_size:
-            raise SystemExit(f"--n-gpu {args.n_gpu} but {self.env.local_world_size} processes per node were started")
-
-    def _resume_decision(self, run_info: dict) -> str | None:
-        args = self.args
-        tag = ckpt.resume_tag(self.resume_root)
-        if args.no_resume and tag is not None:
-            barrier()  # every process has read the pointer before it goes
-            if self.env.is_main:
-                shutil.rmtree(self.resume_root)
-                logger.info(f"--no-resume: removed the resumable state in {self.resume_root}")
-            tag = None
-        if args.resume and tag is None:
-            raise SystemExit(f"--resume: no resumable state in {self.resume_root}")
-        if tag is None:
-            return None
-        saved_path = self.save_dir / "args.json"
-        saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
-        current = {**run_identity(args), **run_info}
-        differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in current.items() if saved.get(k) != v]
-        if differ:
-            raise SystemExit(f"{self.save_dir} holds the state of a different run ({'; '.join(differ)}); "
-                             "use another --save-dir, or --no-resume to start over")
-        logger.info(f"resuming from {self.resume_root / tag}")
-        return tag
-
-    def _write_args(self, run_info: dict) -> None:
-        if self.env.is_main:
-            record = {**vars(self.args), **run_info, "deepspeed": self.ds_config}
-            ckpt.atomic_write_text(self.save_dir / "args.json", json.dumps(record, indent=1, default=str))
-
-    def _log_parameters(self, model, name: str) -> None:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info(f"{name}: {type(model).__name__} from {getattr(model.config, '_name_or_path', '?')}, "
-                    f"{total:,} parameters ({trainable:,} trainable), {self.precision}")
-
-    def _partition_teacher(self, deepspeed):
-        """ZeRO-3: shard the frozen teacher like the student (an engine without optimizer)."""
-        zero = {k: v for k, v in self.ds_config["zero_optimization"].items() if not k.startswith("offload_optimizer")}
-        config = {key: self.ds_config[key] for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                                       "train_batch_size", "bf16", "fp16") if key in self.ds_config}
-        config.update(zero_optimization=zero, steps_per_print=self.ds_config["steps_per_print"])
-        engine, *_ = deepspeed.initialize(model=self.teacher, config=config, dist_init_required=False)
-        engine.module.eval()
-        return engine
 
     # ------------------------------------------------------------------ resume
 
     def _save_state(self) -> None:
-        epoch_sums = self.epoch_metrics.reduce()
-        for key, value in epoch_sums.items():
+        for key, value in self.epoch_metrics.reduce().items():
             self.state_epoch_sums[key] = self.state_epoch_sums.get(key, 0.0) + value
         self.state.best = self.best.entries
         extra = {"epoch_sums": dict(self.state_epoch_sums)}
         if self.adakd is not None:
             extra["adakd"] = self.adakd.state_dict()
-        tag = ckpt.save_resume_state(self.engine, self.resume_root, self.state, rank=self.env.rank, extra=extra)
-        logger.info(f"resumable state saved: {self.resume_root / tag}")
+        self.run.save(self.engine, self.state, extra)
 
     def _load_state(self) -> None:
-        self.state, extra = ckpt.load_resume_state(self.engine, self.resume_root, self.resume_tag, rank=self.env.rank)
+        self.state, extra = self.run.load(self.engine)
         self.best.entries = [e for e in self.state.best if Path(e["path"]).is_dir()]
         self.state_epoch_sums = dict(extra.get("epoch_sums", {}))
         if self.adakd is not None:
             if "adakd" not in extra:
-                raise SystemExit(f"{self.resume_root / self.resume_tag} holds no AdaKD state")
+                raise SystemExit(f"{self.run.where} holds no AdaKD state")
             self.adakd.load_state_dict(extra["adakd"])
         self._rng_to_restore = extra["rng"]
-        logger.info(f"resumed at epoch {self.state.epoch + 1}, step {self.state.step_in_epoch} of that epoch "
-                    f"(global step {self.state.global_step})")
 
     # ------------------------------------------------------------------ training
 
@@ -328,13 +128,13 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         plan = epoch_plan(
-            [e.length for e in self.train_data.examples], seed=self.args.seed, epoch=epoch,
+            [e.length for e in self.data.train.examples], seed=self.args.seed, epoch=epoch,
             batch_size=self.args.batch_size, world_size=self.env.world_size,
             grad_accum=self.args.gradient_accumulation_steps, group_by_length=self.args.group_by_length,
         )
         loader = DataLoader(
-            self.train_data.examples, batch_sampler=plan.rank_batches(self.env.rank, start_step),
-            collate_fn=self.collate, num_workers=self.args.num_workers,
+            self.data.train.examples, batch_sampler=plan.rank_batches(self.env.rank, start_step),
+            collate_fn=self.data.collate, num_workers=self.args.num_workers,
             pin_memory=self.env.device.type == "cuda",
             # its own generator: creating an iterator must not draw from the global RNG (exact resume)
             generator=torch.Generator().manual_seed(self.args.seed),
@@ -502,7 +302,7 @@ class Trainer:
         name = ckpt.checkpoint_name(epoch + 1, self.state.global_step, results.get("loss"), results.get("rougeL"))
         path = self.save_dir / name
         state_dict = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None
-        ckpt.save_model(self.engine.module, self.tokenizer, path, state_dict=state_dict, is_main=self.env.is_main)
+        ckpt.save_model(self.engine.module, self.data.tokenizer, path, state_dict=state_dict, is_main=self.env.is_main)
         if "rougeL" in results:
             score = results["rougeL"]
         elif "loss" in results:
@@ -518,63 +318,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Dev loss and token accuracy (CE of the student, as the official code), then ROUGE-L of
-        sampled answers (mean over --eval-gen-repeat-times seeds)."""
-        args, env = self.args, self.env
-        model = self.engine.module
-        was_training = model.training
-        model.eval()
-        data = self.dev_data
-        order = sorted(range(len(data.examples)), key=lambda i: -data.examples[i].length)
-        mine = order[env.rank::env.world_size]
-        # every process runs the same number of forwards (ZeRO-3 gathers weights collectively)
-        n_batches = math.ceil(math.ceil(len(order) / env.world_size) / args.eval_batch_size)
-        sums = torch.zeros(3, device=env.device)
-        for i in range(n_batches):
-            idx = mine[i * args.eval_batch_size:(i + 1) * args.eval_batch_size]
-            batch = self.collate([data.examples[j] for j in (idx or order[:1])]).to(env.device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-            if not idx:
-                continue
-            mask = batch.labels.ne(IGNORE_INDEX)
-            sums[0] += cross_entropy_sum(logits, batch.labels)
-            sums[1] += (logits.argmax(-1).eq(batch.labels) & mask).sum()
-            sums[2] += mask.sum()
-        ce, correct, tokens = all_reduce_sum(sums).tolist()
-        results = {"loss": ce / max(tokens, 1.0), "acc": correct / max(tokens, 1.0)}
-        if args.eval_gen:
-            from todi.generation import generate
-            from todi.metrics import compute_metrics
-
-            config = sampling_config(args, dev=True)
-            runs = []
-            for r in range(args.eval_gen_repeat_times):
-                predictions = generate(
-                    model, self.tokenizer, data.prompts, config, seed=args.seed + r,
-                    batch_size=args.eval_batch_size, rank=env.rank, world_size=env.world_size,
-                    synced_gpus=self.zero_stage == 3, progress=args.eval_tqdm,
-                )
-                runs.append(compute_metrics(predictions, data.references))
-            for key in runs[0]:
-                results[key] = round(sum(run[key] for run in runs) / len(runs), 4)
-        if was_training:
-            model.train()
-        return results
-
-
-def sampling_config(args: argparse.Namespace, *, dev: bool = False):
-    """The SamplingConfig of the generation flags (dev may override only the n-gram block)."""
-    from todi.generation import SamplingConfig
-
-    ngram = args.no_repeat_ngram_size
-    if dev and args.dev_no_repeat_ngram_size is not None:
-        ngram = args.dev_no_repeat_ngram_size
-    return SamplingConfig(
-        do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-        no_repeat_ngram_size=ngram, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-    )
+        return self.dev.evaluate(self.engine.module, self.data.dev, self.data.collate, self.data.tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:

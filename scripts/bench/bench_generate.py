@@ -33,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "code"))
 
 from todi.data import read_jsonl  # noqa: E402
+from todi.ds_config import PRECISIONS  # noqa: E402
 from todi.generation import SamplingConfig, generate  # noqa: E402
-from todi.models import DTYPES, load_tokenizer  # noqa: E402
+from todi.models import load_tokenizer  # noqa: E402
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -116,14 +117,14 @@ def main(argv=None) -> int:
     p.add_argument("--extra-batch-sizes", type=int, nargs="*", default=[], help="also time ours at these batch sizes")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bf16 on a GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=PRECISIONS, default=None, help="default: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=10)
     p.add_argument("--out", type=Path, help="write the results here as JSON")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = PRECISIONS[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     tokenizer = load_tokenizer(args.tokenizer)
     prompts = [r["prompt"] for r in read_jsonl(args.data)][: args.num_prompts]
     model = build_model(args.model_config, parse_overrides(args.config_overrides), dtype, device)

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from todi.criterion import DistillationLoss  # noqa: E402
 from todi.divergences import DIVERGENCES, canonical_name  # noqa: E402
-from todi.kernels import fused_student_loss  # noqa: E402
+from todi.fused_head import fused_student_loss  # noqa: E402
 from todi.kernels.profiling import peak_extra_bytes  # noqa: E402
 
 GIB = 1024**3

@@ -17,7 +17,9 @@ NPROC=${NPROC:-2}
 NUM_TRAIN=${NUM_TRAIN:-2000}
 NUM_DEV=${NUM_DEV:-100}
 NUM_VALID=${NUM_VALID:-100}
-KD_OBJ=${KD_OBJ:-ToDi}
+KD_OBJ=${KD_OBJ:-ToDi}   # any registered objective; its parameters (TODI_BETA, SKEW_LAMBDA, ADAPTIVE_KL_ALPHA,
+# GJSD_BETA, AB_ALPHA, AB_BETA, OBJ_ARGS) reach scripts/gpt2/vanilla_kd_gpt2_base.sh from the environment
+PLUGINS=${PLUGINS:-}     # space-separated plug-in files or modules, e.g. one that registers KD_OBJ
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-6}
 STUDENT_EPOCHS=${STUDENT_EPOCHS:-5}
 BATCH_SIZE=${BATCH_SIZE:-16}
@@ -58,7 +60,7 @@ TEACHER=$(best_checkpoint "${DEMO_DIR}/runs/teacher_sft")
 
 say "2/3: KD of the student from ${TEACHER##*/} with ${KD_OBJ} (${STUDENT_EPOCHS} epochs)"
 env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" TEACHER_MODEL_PATH="${TEACHER}" KD_OBJ="${KD_OBJ}" \
-    SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}" EPOCH="${STUDENT_EPOCHS}" \
+    PLUGINS="${PLUGINS}" SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}" EPOCH="${STUDENT_EPOCHS}" \
     bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
 CHECKPOINTS=("${TEACHER}" "$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}")")
 

@@ -43,6 +43,7 @@ SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${
 # seed
 SEED=${SEED:-10}
 EXTRA_OPTS=${EXTRA_OPTS:-}
+PLUGINS=${PLUGINS:-}   # space-separated Python files or modules imported first (one --plugin each)
 
 OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../train_launch.sh"

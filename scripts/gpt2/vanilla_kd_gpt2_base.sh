@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # KD of GPT-2 base (student) from a fine-tuned GPT-2 XL (teacher) on Dolly, with the divergence
-# KD_OBJ: forward_kl, reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl,
-# adaptive_kl or ToDi. Defaults are the ToDi paper's. Every setting below can be set from the
-# environment, e.g.  KD_OBJ=ToDi TEACHER_MODEL_PATH=outputs/... bash scripts/gpt2/vanilla_kd_gpt2_base.sh
+# KD_OBJ: any objective of the registry (code/todi/objectives), by name or alias: forward_kl,
+# reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl, adaptive_kl, ToDi,
+# generalized_jsd (GKD), ab_divergence (ABKD), or one a plug-in registers (PLUGINS). Its parameters
+# come from TODI_BETA, SKEW_LAMBDA, ADAPTIVE_KL_ALPHA, GJSD_BETA, AB_ALPHA, AB_BETA (a flag only when
+# set; empty: the registry's default) and OBJ_ARGS. Defaults are the ToDi paper's. Every setting below
+# can be set from the environment, e.g.
+#   KD_OBJ=ToDi TEACHER_MODEL_PATH=outputs/... bash scripts/gpt2/vanilla_kd_gpt2_base.sh
+#   KD_OBJ=generalized_jsd GJSD_BETA=0.3 TEACHER_MODEL_PATH=... bash scripts/gpt2/vanilla_kd_gpt2_base.sh
+#   PLUGINS=my_objective.py KD_OBJ=my_kl OBJ_ARGS="--my-gamma 2" TEACHER_MODEL_PATH=... bash scripts/gpt2/...
 # GPUS= (empty) runs on the CPU (gloo) with NPROC processes. Extra flags: EXTRA_OPTS="--kd-impl chunked".
 set -eo pipefail
 
@@ -34,7 +40,17 @@ EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-32}
 EPOCH=${EPOCH:-20}
 KD_RATE=${KD_RATE:-0.5}
 KD_TEMP=${KD_TEMP:-2.0}
-KD_OBJ=${KD_OBJ:-forward_kl}   # [forward_kl, reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl, adaptive_kl, ToDi]
+KD_OBJ=${KD_OBJ:-forward_kl}   # any registered objective or alias: forward_kl, reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl, adaptive_kl, ToDi, generalized_jsd, ab_divergence, or a plug-in's
+# the objective's parameters: empty = its registry default; set only the chosen objective's (another's is an error)
+TODI_BETA=${TODI_BETA:-}                   # ToDi: --todi-beta, α = sigmoid(β·log(p/q)) (default 1.0, the paper's)
+SKEW_LAMBDA=${SKEW_LAMBDA:-}               # skewed_forward_kl, skewed_reverse_kl: --skew-lambda λ (default 0.1)
+ADAPTIVE_KL_ALPHA=${ADAPTIVE_KL_ALPHA:-}   # adaptive_kl: --adaptive-kl-alpha, the teacher's tail mass (default 0.5)
+GJSD_BETA=${GJSD_BETA:-}                   # generalized_jsd (GKD): --gjsd-beta, the mixture's teacher weight (default 0.5)
+AB_ALPHA=${AB_ALPHA:-}                     # ab_divergence (ABKD): --ab-alpha (default 0.2)
+AB_BETA=${AB_BETA:-}                       # ab_divergence (ABKD): --ab-beta (default 0.7)
+OBJ_ARGS=${OBJ_ARGS:-}                     # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
+PLUGINS=${PLUGINS:-}                       # space-separated plug-in .py files or modules (one --plugin each), e.g. ones that register objectives
+OBJ_TAG=${OBJ_TAG:-${TODI_BETA:+-todi^beta=${TODI_BETA}}${SKEW_LAMBDA:+-skew^lambda=${SKEW_LAMBDA}}${ADAPTIVE_KL_ALPHA:+-adaptive^kl^alpha=${ADAPTIVE_KL_ALPHA}}${GJSD_BETA:+-gjsd^beta=${GJSD_BETA}}${AB_ALPHA:+-ab^alpha=${AB_ALPHA}}${AB_BETA:+-ab^beta=${AB_BETA}}${OBJ_ARGS:+$(printf '%s' "${OBJ_ARGS}" | sed -E -e 's/^ +| +$//g' -e 's/ *--/-/g' -e 's/[ =]+/=/g' -e 's/([a-z])-([a-z])/\1^\2/g' -e 's/([a-z])-([a-z])/\1^\2/g')}}   # the parameters set above, in the run's name
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}
@@ -46,7 +62,7 @@ CRITERION=${CRITERION:-various_divergence}
 LOG_INTERVAL=${LOG_INTERVAL:-50}
 EVAL_GEN_REPEAT=${EVAL_GEN_REPEAT:-3}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
-CONFIG=${CONFIG:-${KD_OBJ}-${PRECISION}}
+CONFIG=${CONFIG:-${KD_OBJ}${OBJ_TAG}-${PRECISION}}
 SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__teacher=${TEACHER_MODEL_NAME}__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
 SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
 # seed

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # KD of TinyLLaMA-1.1B (LoRA) from a LoRA-fine-tuned Llama-2-7B teacher on Dolly, with the divergence
-# KD_OBJ (see scripts/gpt2/vanilla_kd_gpt2_base.sh); the ToDi paper's settings. Every setting below can
-# be set from the environment; GPUS= (empty) runs on the CPU with NPROC processes.
+# KD_OBJ, any registered objective with its parameters and plug-ins as in
+# scripts/gpt2/vanilla_kd_gpt2_base.sh; the ToDi paper's settings. Every setting below can be set from
+# the environment; GPUS= (empty) runs on the CPU with NPROC processes.
 set -eo pipefail
 
 # launcher
@@ -36,7 +37,17 @@ LORA_ALPHA=${LORA_ALPHA:-8}
 LORA_DROPOUT=${LORA_DROPOUT:-0.1}
 KD_RATE=${KD_RATE:-0.5}
 KD_TEMP=${KD_TEMP:-2.0}
-KD_OBJ=${KD_OBJ:-forward_kl}   # [forward_kl, reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl, adaptive_kl, ToDi]
+KD_OBJ=${KD_OBJ:-forward_kl}   # any registered objective or alias: forward_kl, reverse_kl, js_divergence, tvd, skewed_forward_kl, skewed_reverse_kl, adaptive_kl, ToDi, generalized_jsd, ab_divergence, or a plug-in's
+# the objective's parameters: empty = its registry default; set only the chosen objective's (another's is an error)
+TODI_BETA=${TODI_BETA:-}                   # ToDi: --todi-beta, α = sigmoid(β·log(p/q)) (default 1.0, the paper's)
+SKEW_LAMBDA=${SKEW_LAMBDA:-}               # skewed_forward_kl, skewed_reverse_kl: --skew-lambda λ (default 0.1)
+ADAPTIVE_KL_ALPHA=${ADAPTIVE_KL_ALPHA:-}   # adaptive_kl: --adaptive-kl-alpha, the teacher's tail mass (default 0.5)
+GJSD_BETA=${GJSD_BETA:-}                   # generalized_jsd (GKD): --gjsd-beta, the mixture's teacher weight (default 0.5)
+AB_ALPHA=${AB_ALPHA:-}                     # ab_divergence (ABKD): --ab-alpha (default 0.2)
+AB_BETA=${AB_BETA:-}                       # ab_divergence (ABKD): --ab-beta (default 0.7)
+OBJ_ARGS=${OBJ_ARGS:-}                     # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
+PLUGINS=${PLUGINS:-}                       # space-separated plug-in .py files or modules (one --plugin each), e.g. ones that register objectives
+OBJ_TAG=${OBJ_TAG:-${TODI_BETA:+-todi^beta=${TODI_BETA}}${SKEW_LAMBDA:+-skew^lambda=${SKEW_LAMBDA}}${ADAPTIVE_KL_ALPHA:+-adaptive^kl^alpha=${ADAPTIVE_KL_ALPHA}}${GJSD_BETA:+-gjsd^beta=${GJSD_BETA}}${AB_ALPHA:+-ab^alpha=${AB_ALPHA}}${AB_BETA:+-ab^beta=${AB_BETA}}${OBJ_ARGS:+$(printf '%s' "${OBJ_ARGS}" | sed -E -e 's/^ +| +$//g' -e 's/ *--/-/g' -e 's/[ =]+/=/g' -e 's/([a-z])-([a-z])/\1^\2/g' -e 's/([a-z])-([a-z])/\1^\2/g')}}   # the parameters set above, in the run's name
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}
@@ -48,7 +59,7 @@ CRITERION=${CRITERION:-various_divergence}
 LOG_INTERVAL=${LOG_INTERVAL:-50}
 EVAL_GEN_REPEAT=${EVAL_GEN_REPEAT:-3}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
-CONFIG=${CONFIG:-${KD_OBJ}-lora-rank=${LORA_RANK}-alpha=${LORA_ALPHA}-dropout=${LORA_DROPOUT}-${PRECISION}}
+CONFIG=${CONFIG:-${KD_OBJ}${OBJ_TAG}-lora-rank=${LORA_RANK}-alpha=${LORA_ALPHA}-dropout=${LORA_DROPOUT}-${PRECISION}}
 SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__teacher=${TEACHER_MODEL_NAME}__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
 SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
 # seed

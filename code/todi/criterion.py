@@ -24,6 +24,7 @@ from todi import kernels
 from todi.kernels import IMPLEMENTATIONS
 from todi.labels import IGNORE_INDEX
 from todi.objectives import Temperature, canonical_name, get
+from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
 __all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
 
@@ -106,6 +107,10 @@ class DistillationLoss:
             the same per-row CE + KD (:func:`todi.kernels.per_row_loss`): "reference" under
             autograd, the others in one memory-efficient pass with the gradient computed in the forward.
         planner: optional :class:`TokenPlanner` (AdaKD) choosing tokens, temperatures and weights.
+        vocab_size: the number of leading vocabulary entries the divergence compares, the ids both
+            output layers and both tokenizers define (:func:`todi.models.shared_vocab_size`); the
+            rows beyond it (padding rows, tokens one model cannot predict) are left out of KD, of
+            AdaKD's scores and of every kernel. None: min(V_s, V_t) of the logits.
         **params: the objective's parameters (see its registry entry); checked here.
     """
 
@@ -118,8 +123,11 @@ class DistillationLoss:
         impl: str = "auto",
         planner: TokenPlanner | None = None,
         ignore_index: int = IGNORE_INDEX,
+        vocab_size: int | None = None,
         **params: float,
     ) -> None:
+        if vocab_size is not None and vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1 (or None), got {vocab_size}")
         if not 0.0 <= kd_rate <= 1.0:
             raise ValueError(f"kd_rate must be in [0, 1], got {kd_rate}")
         self.objective = canonical_name(objective) if objective is not None else None
@@ -137,30 +145,72 @@ class DistillationLoss:
         self.planner = planner
         self.ignore_index = ignore_index
         self.params = params
+        self.vocab_size = vocab_size
+
+    def _kd_vocab(self, v_student: int, teacher_logits: Tensor | None) -> int:
+        """The compared vocabulary: ``vocab_size`` (checked against both logits) or min(V_s, V_t)."""
+        if not self.uses_teacher:
+            return v_student
+        v_teacher = teacher_logits.shape[-1]
+        if self.vocab_size is None:
+            return min(v_student, v_teacher)
+        if self.vocab_size > min(v_student, v_teacher):
+            raise ValueError(f"vocab_size {self.vocab_size} exceeds the logits' vocabulary "
+                             f"(student {v_student}, teacher {v_teacher})")
+        return self.vocab_size
 
     @property
     def uses_teacher(self) -> bool:
         return self.objective is not None and self.kd_rate > 0
 
     def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, *,
-                 diagnostics: bool = False) -> LossOutput:
+                 teacher_sparse: "kernels.SparseTargets | None" = None, diagnostics: bool = False) -> LossOutput:
         """Loss of one micro-batch.
 
         Args:
             student_logits: ``[B, L, V_s]``.
             labels: ``[B, L]`` int64, aligned with the logits, ``ignore_index`` where not supervised.
-            teacher_logits: ``[B, L, V_t]``, required when the loss uses a teacher. If V_s ≠ V_t
-                (vocabularies padded to different sizes), both are compared over the first
-                min(V_s, V_t) entries; the caller checks that the padding is all that differs.
+            teacher_logits: ``[B, L, V_t]``, required when the loss uses a teacher (unless
+                ``teacher_sparse``). Both are compared over their first ``vocab_size`` entries
+                (default min(V_s, V_t), for vocabularies padded to different sizes); the caller
+                checks that the padding is all that differs (:func:`todi.models.shared_vocab_size`).
+            teacher_sparse: precomputed teacher targets instead of its logits (a teacher cache):
+                ids ``[B, L, k]``, log-probabilities ``[B, L, k + 1]`` (:class:`todi.kernels.SparseTargets`).
             diagnostics: also compute the objective's diagnostics (e.g. mean ToDi α).
         """
+        if teacher_sparse is not None:
+            return self._sparse_call(student_logits, labels, teacher_sparse, diagnostics)
         self._check_shapes(student_logits.shape, labels, teacher_logits, "logits")
         impl = kernels.resolve(self.impl, student_logits, self.spec)
-        vocab = student_logits.shape[-1]
-        if self.uses_teacher:
-            vocab = min(vocab, teacher_logits.shape[-1])
+        vocab = self._kd_vocab(student_logits.shape[-1], teacher_logits)
         plan = self._plan(student_logits[..., :vocab], teacher_logits, labels, vocab)
         inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan)
+        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
+        return self._output(rows, labels, plan)
+
+    def _sparse_call(self, student_logits: Tensor, labels: Tensor, sparse: "kernels.SparseTargets",
+                     diagnostics: bool) -> LossOutput:
+        """The loss against sparse teacher targets: D over the coarsened distributions (chunked kernel)."""
+        if not self.uses_teacher:
+            raise ValueError("sparse teacher targets need a KD objective with kd_rate > 0")
+        k = sparse.ids.shape[-1]
+        if sparse.ids.shape[:-1] != labels.shape or sparse.log_probs.shape != (*labels.shape, k + 1):
+            raise ValueError(f"sparse teacher targets {tuple(sparse.ids.shape)} / {tuple(sparse.log_probs.shape)} "
+                             f"do not match labels {tuple(labels.shape)} (ids [..., k], log-probs [..., k + 1])")
+        if student_logits.shape[:-1] != labels.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
+        impl = kernels.resolve(self.impl, student_logits, self.spec)
+        impl = "reference" if impl == "reference" else "chunked"  # no Triton branch for sparse targets
+        vocab = min(self.vocab_size or student_logits.shape[-1], student_logits.shape[-1])
+        flat = kernels.SparseTargets(sparse.ids.reshape(-1, k), sparse.log_probs.reshape(-1, k + 1), sparse.temperature)
+        plan = None
+        if self.planner is not None:  # difficulty on the coarsened distributions, as "logits" at T
+            with torch.no_grad():
+                t = self.temperature
+                student = coarse_log_probs(student_logits.detach()[..., :vocab], sparse.ids, t) * t
+                teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, t) * t
+            plan = self.planner.plan(student, teacher, labels.ne(self.ignore_index), t, labels=labels)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, None, plan, sparse=flat)
         rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
         return self._output(rows, labels, plan)
 
@@ -175,7 +225,7 @@ class DistillationLoss:
         impl = kernels.resolve(self.impl, hidden, self.spec)
         if impl == "reference":
             raise ValueError("the fused lm_head path computes gradients in the forward: use impl auto, chunked or triton")
-        vocab = weight.shape[0] if not self.uses_teacher else min(weight.shape[0], teacher_logits.shape[-1])
+        vocab = self._kd_vocab(weight.shape[0], teacher_logits)
         h = hidden.reshape(-1, hidden.shape[-1])
         inputs = self._inputs(h, vocab, labels, teacher_logits, None)
         rows = kernels.fused_linear_loss(impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
@@ -201,13 +251,13 @@ class DistillationLoss:
         return KDPlan(mask=mask, temperature=self.temperature)
 
     def _inputs(self, student_rows: Tensor, vocab: int, labels: Tensor, teacher_logits: Tensor | None,
-                plan: KDPlan | None) -> "kernels.LossInputs":
+                plan: KDPlan | None, sparse: "kernels.SparseTargets | None" = None) -> "kernels.LossInputs":
         """The per-row inputs of CE + KD, assembled in this one place for every implementation."""
         shape, device = labels.shape, student_rows.device
         kd_weight: float | Tensor = 0.0
         teacher, kd_mask, temperature = None, None, 1.0
         if self.uses_teacher:
-            teacher = kernels.flatten_rows(teacher_logits)
+            teacher = kernels.flatten_rows(teacher_logits) if sparse is None else None
             plan = plan if plan is not None else KDPlan(mask=labels.ne(self.ignore_index), temperature=self.temperature)
             kd_mask, temperature = plan.mask.reshape(-1), plan.temperature
             kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
@@ -216,6 +266,7 @@ class DistillationLoss:
             temperature=kernels.broadcast_rows(temperature, shape, device),
             kd_weight=kernels.broadcast_rows(kd_weight, shape, device),
             ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0, ignore_index=self.ignore_index,
+            sparse=sparse,
         )
 
     def _output(self, rows: "kernels.PerRowLoss", labels: Tensor, plan: KDPlan | None) -> LossOutput:

@@ -84,11 +84,13 @@ class TokenizedExample:
     input_ids: prompt (its last ``max_prompt_length`` tokens) + response + EOS, cut to ``max_length``.
     prompt_len: number of prompt tokens in ``input_ids``.
     teacher_input_ids: the teacher's ids when its tokenizer differs (same length and response ids).
+    index: the position of its record among the data file's records (the key of a teacher cache).
     """
 
     input_ids: list[int]
     prompt_len: int
     teacher_input_ids: list[int] | None = None
+    index: int = -1
 
     @property
     def length(self) -> int:
@@ -188,7 +190,7 @@ def load_split(
     stats = DataStats()
     examples, kept_prompts, kept_refs = [], [], []
     for i, (ids, prompt_len, cut_prompt, cut_response) in enumerate(student):
-        example = TokenizedExample(ids, prompt_len)
+        example = TokenizedExample(ids, prompt_len, index=i)
         if example.num_targets <= 0:
             stats.dropped_no_response.append(where[i])
             continue
@@ -255,6 +257,7 @@ class Batch:
     teacher_input_ids: Tensor | None
     num_tokens: int
     num_input_tokens: int
+    teacher_targets: tuple[Tensor, Tensor] | None = None  # cached (ids [B, L, k], log-probs [B, L, k + 1])
 
     @property
     def num_examples(self) -> int:
@@ -262,13 +265,15 @@ class Batch:
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        targets = None if self.teacher_targets is None else tuple(move(t) for t in self.teacher_targets)
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels),
-                     move(self.teacher_input_ids), self.num_tokens, self.num_input_tokens)
+                     move(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets)
 
     def pin_memory(self) -> "Batch":
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        targets = None if self.teacher_targets is None else tuple(pin(t) for t in self.teacher_targets)
         return Batch(pin(self.input_ids), pin(self.attention_mask), pin(self.labels),
-                     pin(self.teacher_input_ids), self.num_tokens, self.num_input_tokens)
+                     pin(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets)
 
 
 def padded_width(lengths: list[int], *, multiple_of: int = 8, pad_to: int | None = None) -> int:
@@ -294,6 +299,7 @@ class Collator:
     teacher_pad_id: int | None = None
     pad_to: int | None = None
     multiple_of: int = 8
+    teacher_cache: object | None = None  # a todi.teacher_cache.TeacherCache: batches carry its targets
 
     def __call__(self, examples: list[TokenizedExample]) -> Batch:
         width = padded_width([e.length for e in examples], multiple_of=self.multiple_of, pad_to=self.pad_to)
@@ -314,4 +320,6 @@ class Collator:
             num_tokens += length - first
             if with_teacher:
                 teacher_ids[i, :length] = torch.tensor(e.teacher_input_ids[:-1], dtype=torch.long)
-        return Batch(input_ids, attention_mask, labels, teacher_ids, num_tokens, sum(e.length for e in examples))
+        targets = self.teacher_cache.batch_targets(examples, labels) if self.teacher_cache is not None else None
+        return Batch(input_ids, attention_mask, labels, teacher_ids, num_tokens, sum(e.length for e in examples),
+                     targets)

@@ -37,13 +37,14 @@ from torch import Tensor
 
 from todi.kernels.fused_linear import fused_linear_loss
 from todi.kernels.per_row_loss import PerRowLoss, per_row_loss, reference_loss
-from todi.kernels.spec import LossInputs, LossSpec
+from todi.kernels.spec import LossInputs, LossSpec, SparseTargets
 
 __all__ = [
     "IMPLEMENTATIONS",
     "LossInputs",
     "LossSpec",
     "PerRowLoss",
+    "SparseTargets",
     "broadcast_rows",
     "flatten_rows",
     "fused_linear_loss",

@@ -20,9 +20,10 @@ from torch import Tensor
 
 from todi.kernels.chunking import rows_per_chunk
 from todi.kernels.spec import BackendOutput, LossInputs, LossSpec, take_rows
-from todi.objectives import Objective, scaled_logits, sum_entries
+from todi.objectives import Objective, log_probs, scaled_logits, sum_entries
+from todi.objectives.math import retemper_log_probs
 
-__all__ = ["diagnostics", "entry_terms", "forward"]
+__all__ = ["diagnostics", "entry_terms", "forward", "sparse_kd_chunk"]
 
 
 def entry_terms(record: Objective, params: dict, s: Tensor, t: Tensor, q: Tensor, keep: Tensor | None):
@@ -99,6 +100,11 @@ def diagnostics(spec: LossSpec, inp: LossInputs) -> dict[str, Tensor]:
     for begin in range(0, rows.numel(), step):
         idx = rows[begin : begin + step]
         xs = inp.student.index_select(0, idx)[:, : inp.vocab].float()
+        if inp.sparse is not None:  # the coarsened distributions
+            s, t, keep = _coarse(xs, inp.sparse.select(idx), take_rows(inp.temperature, idx))
+            for name, value in _chunk_diagnostics(spec, s, t, keep).items():
+                out[name].index_copy_(0, idx, value)
+            continue
         xt = inp.teacher.index_select(0, idx)[:, : inp.vocab].float()
         s, t, _, keep = _log_probs(xs, xt, take_rows(inp.temperature, idx))
         for name, value in _chunk_diagnostics(spec, s, t, keep).items():
@@ -131,8 +137,63 @@ class _Chunk:
             self.ce_col = torch.where(self.valid, inp.ce_weight, 0.0).unsqueeze(1)  # the CE weight of each row
 
 
+def _coarse(xs: Tensor, sparse, temp):
+    """(s, t, keep) of the coarsened student and teacher distributions ``[C, k + 1]``."""
+    from todi.objectives.math import coarse_log_probs
+
+    student = coarse_log_probs(xs, sparse.ids, temp)
+    return log_probs(student, retemper_log_probs(sparse.log_probs.float(), sparse.temperature, temp), 1.0)
+
+
+def sparse_kd_chunk(spec: LossSpec, xs: Tensor, sparse, temp, weight: Tensor, want_diagnostics: bool):
+    """D(coarsened teacher, coarsened student) of one chunk and the gradient of Σ weight·D with
+    respect to the student's (untempered) logits ``xs`` (float32 ``[C, V]``, not modified).
+
+    With c_i = x_{id_i} − lse(x) (x = logits/T) and the bucket c_b = lse(x off the ids) − lse(x),
+    ∂D/∂x_j = Σ_i g_i [j = id_i] + g_b [j ∉ ids] e^(x_j − lse(x off the ids)) − q_j Σ g, where
+    g = ∂D/∂c comes from autograd on the ``k + 1`` columns (cheap) and q = softmax(x).
+    Returns (values ``[C]``, diagnostics, gradient ``[C, V]``).
+    """
+    x = scaled_logits(xs, temp)
+    rest = x.scatter(-1, sparse.ids, -torch.inf)
+    teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, temp)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    coarse = torch.cat([x.gather(-1, sparse.ids) - lse, torch.logsumexp(rest, -1, keepdim=True) - lse], -1)
+    with torch.enable_grad():  # the backends run inside an autograd Function's forward (no grad)
+        c = coarse.detach().requires_grad_(True)
+        s, t, keep = log_probs(c, teacher, 1.0)
+        values = sum_entries(spec.record.terms(s, t, keep, **spec.kwargs), keep)
+        (g,) = torch.autograd.grad((values * weight).sum(), c)
+    diag = _chunk_diagnostics(spec, s.detach(), t, keep) if want_diagnostics else {}
+    g = torch.where(torch.isfinite(coarse), g, 0.0)  # buckets outside both distributions: no gradient
+    grad = torch.softmax(x, dim=-1).mul_(-g.sum(-1, keepdim=True))
+    tail_lse = coarse[:, -1:] + lse
+    bucket = torch.where(torch.isfinite(tail_lse), (rest - tail_lse).exp_(), 0.0)
+    grad.addcmul_(bucket, g[:, -1:]).scatter_add_(1, sparse.ids, g[:, :-1])
+    if isinstance(temp, Tensor):
+        grad.div_(temp.unsqueeze(1))
+    elif temp != 1.0:
+        grad.div_(temp)
+    return values.detach(), diag, grad
+
+
+def _sparse_kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bool):
+    """The chunk's divergence on sparse teacher targets into ``out``; returns its gradient [C, vocab]."""
+    on = inp.kd_mask.index_select(0, c.idx)
+    temp = take_rows(inp.temperature, c.idx)
+    weight = torch.where(on, take_rows(inp.kd_weight, c.idx), 0.0)
+    value, diag, grad_c = sparse_kd_chunk(spec, c.xs[:, : inp.vocab], inp.sparse.select(c.idx), temp, weight,
+                                          bool(out.diagnostics))
+    out.kd.index_copy_(0, c.idx, torch.where(on, value, 0.0))
+    for name, v in diag.items():
+        out.diagnostics[name].index_copy_(0, c.idx, torch.where(on, v, 0.0))
+    return grad_c if want_grad else None
+
+
 def _kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bool):
     """The chunk's divergence into ``out``; returns (its gradient or None, log q if shared with the CE)."""
+    if inp.sparse is not None:
+        return _sparse_kd_part(spec, inp, c, out, want_grad), None
     on = inp.kd_mask.index_select(0, c.idx)
     temp = take_rows(inp.temperature, c.idx)
     xt = _rows_view(inp.teacher, c.idx, c.contiguous, c.first)[:, : inp.vocab].float()
@@ -178,7 +239,7 @@ def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostic
     student = inp.student
     n, v_student = student.shape
     device = student.device
-    has_kd = inp.teacher is not None and spec.objective is not None
+    has_kd = inp.has_teacher and spec.objective is not None
     zeros = lambda: torch.zeros(n, dtype=torch.float32, device=device)  # noqa: E731
     diag = {name: zeros() for name in spec.diagnostics} if want_diagnostics and has_kd else {}
     out = BackendOutput(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics=diag, grad=None)

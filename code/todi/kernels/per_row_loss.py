@@ -21,6 +21,7 @@ from torch import Tensor
 
 from todi.kernels.spec import BackendOutput, LossInputs, LossSpec
 from todi.objectives import log_probs, sum_entries
+from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
 __all__ = ["PerRowLoss", "backend_forward", "check_labels", "needs_reference", "per_row_loss", "reference_loss"]
 
@@ -66,14 +67,14 @@ def backend_forward(impl: str, spec: LossSpec, inp: LossInputs, *, want_grad: bo
     """One backend's outputs; diagnostics a Triton branch does not compute come from the chunked path."""
     from todi.kernels import chunked
 
-    if impl == "chunked":
+    if impl == "chunked" or inp.sparse is not None:  # sparse targets: the chunked kernel
         return chunked.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
     if impl != "triton":
         raise AssertionError(impl)
     from todi.kernels import triton_backend
 
     out = triton_backend.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
-    missing = want_diagnostics and inp.teacher is not None and set(spec.diagnostics) - set(out.diagnostics)
+    missing = want_diagnostics and inp.has_teacher and set(spec.diagnostics) - set(out.diagnostics)
     if missing:
         out.diagnostics.update({k: v for k, v in chunked.diagnostics(spec, inp).items() if k in missing})
     return out
@@ -125,7 +126,7 @@ def per_row_loss(impl: str, spec: LossSpec, inp: LossInputs, *, want_diagnostics
     """The per-row loss of ``inp`` with ``impl`` ("chunked", "triton" or "reference")."""
     if inp.labels is not None:
         check_labels(inp.labels, inp.ce_valid, inp.student.shape[1])
-    want_diagnostics = want_diagnostics and inp.teacher is not None and bool(spec.diagnostics)
+    want_diagnostics = want_diagnostics and inp.has_teacher and bool(spec.diagnostics)
     if impl == "reference" or needs_reference(inp) is not None:
         return reference_loss(spec, inp, want_diagnostics=want_diagnostics)
     out = _PerRowLossFunction.apply(inp.student, inp.teacher, impl, spec, inp, want_diagnostics)
@@ -145,9 +146,14 @@ def reference_loss(spec: LossSpec, inp: LossInputs, *, want_diagnostics: bool = 
         ce = torch.where(valid, ce, 0.0)
         with torch.no_grad():
             correct = (student.argmax(-1).eq(inp.labels) & valid).float()
-    if teacher is not None and spec.objective is not None:
+    if inp.has_teacher and spec.objective is not None:
         record = spec.record
-        s, t, keep = log_probs(student[:, : inp.vocab], teacher[:, : inp.vocab], inp.temperature)
+        if inp.sparse is not None:  # the coarsened distributions "top-k + one bucket"
+            sp = inp.sparse
+            s, t, keep = log_probs(coarse_log_probs(student[:, : inp.vocab], sp.ids, inp.temperature),
+                                   retemper_log_probs(sp.log_probs.float(), sp.temperature, inp.temperature), 1.0)
+        else:
+            s, t, keep = log_probs(student[:, : inp.vocab], teacher[:, : inp.vocab], inp.temperature)
         kd = torch.where(inp.kd_mask, sum_entries(record.terms(s, t, keep, **spec.kwargs), keep), 0.0)
         if want_diagnostics:
             with torch.no_grad():

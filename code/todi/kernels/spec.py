@@ -24,7 +24,7 @@ from torch import Tensor
 from todi.labels import IGNORE_INDEX
 from todi.objectives import Objective, get, reduce
 
-__all__ = ["BackendOutput", "LossInputs", "LossSpec", "take_rows"]
+__all__ = ["BackendOutput", "LossInputs", "LossSpec", "SparseTargets", "take_rows"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,33 @@ def take_rows(value: float | Tensor, idx: Tensor) -> float | Tensor:
 
 
 @dataclass
+class SparseTargets:
+    """Precomputed teacher targets per row: its top-k token ids and the log-probabilities of the
+    coarsened distribution "those k entries + one bucket for the rest", at ``temperature``.
+
+    ids: int64 ``[N, k]`` (distinct per row, < the compared vocabulary); log_probs: float32
+    ``[N, k + 1]`` (the last column is the bucket's log-mass, −inf when k covers the vocabulary).
+    The divergence is then D(coarsened teacher, coarsened student), the student coarsened over the
+    same buckets (:func:`todi.objectives.math.coarse_log_probs`): a lower bound of the full
+    f-divergences (data processing), equal to them when k = V.
+    """
+
+    ids: Tensor
+    log_probs: Tensor
+    temperature: float
+
+    def select(self, idx: Tensor) -> "SparseTargets":
+        return SparseTargets(self.ids.index_select(0, idx), self.log_probs.index_select(0, idx), self.temperature)
+
+
+@dataclass
 class LossInputs:
     """One call's tensors, already flattened to rows.
 
     student: ``[N, V_s]``, last dim contiguous (rows may be strided).
-    teacher: ``[N, V_t]`` or None (cross-entropy only); only its first ``vocab`` columns are read.
+    teacher: ``[N, V_t]`` or None (cross-entropy only, or sparse targets); only its first ``vocab``
+        columns are read.
+    sparse: precomputed teacher targets instead of ``teacher`` (:class:`SparseTargets`), or None.
     vocab: the number of leading columns the divergence compares (≤ V_s, ≤ V_t).
     labels: int64 ``[N]`` or None (no cross-entropy); ``ignore_index`` marks rows without one.
     kd_mask: bool ``[N]``: rows that get a divergence (ignored without a teacher).
@@ -89,6 +111,11 @@ class LossInputs:
     kd_weight: float | Tensor
     ce_weight: float
     ignore_index: int = IGNORE_INDEX
+    sparse: SparseTargets | None = None
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher is not None or self.sparse is not None
 
     @property
     def ce_valid(self) -> Tensor | None:
@@ -98,7 +125,7 @@ class LossInputs:
         """bool ``[N]``: rows with any loss term (the others cost nothing and get zero gradient)."""
         n = self.student.shape[0]
         active = torch.zeros(n, dtype=torch.bool, device=self.student.device)
-        if self.teacher is not None and self.kd_mask is not None:
+        if self.has_teacher and self.kd_mask is not None:
             active |= self.kd_mask
         if self.labels is not None:
             active |= self.ce_valid
@@ -107,7 +134,7 @@ class LossInputs:
     def combine(self, spec: LossSpec, kd: Tensor, ce: Tensor) -> Tensor:
         """The loss of each row, ``ce_weight·ce + kd_weight·kd`` (float32 ``[N]``): CE + KD, once."""
         loss = ce * self.ce_weight if self.ce_weight != 0.0 else torch.zeros_like(ce)
-        if self.teacher is not None and spec.objective is not None:
+        if self.has_teacher and spec.objective is not None:
             loss = loss + kd * self.kd_weight
         return loss
 
@@ -123,6 +150,7 @@ class LossInputs:
             kd_weight=take_rows(self.kd_weight, idx),
             ce_weight=self.ce_weight,
             ignore_index=self.ignore_index,
+            sparse=self.sparse.select(idx) if self.sparse is not None else None,
         )
 
 

@@ -18,9 +18,11 @@ __all__ = [
     "TINY",
     "Temperature",
     "check_logits",
+    "coarse_log_probs",
     "log_clamped",
     "log_mix",
     "log_probs",
+    "retemper_log_probs",
     "scaled_logits",
     "sum_entries",
 ]
@@ -104,3 +106,27 @@ def check_logits(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor | 
                 ) from None
     elif not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+
+
+def coarse_log_probs(logits: Tensor, ids: Tensor, temperature: Temperature) -> Tensor:
+    """The distribution of ``logits / temperature`` coarsened to the entries ``ids`` plus one bucket
+    for all the others: float32 log-probabilities ``[..., k + 1]`` (the last is the bucket's log-mass,
+    −inf when ``ids`` covers every entry).
+
+    ``logits``: ``[..., V]``; ``ids``: int64 ``[..., k]``, distinct per position. Differentiable.
+    """
+    x = scaled_logits(logits, temperature)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    top = x.gather(-1, ids) - lse
+    rest = torch.logsumexp(x.scatter(-1, ids, -math.inf), dim=-1, keepdim=True) - lse
+    return torch.cat([top, rest], dim=-1)
+
+
+def retemper_log_probs(log_probs_at: Tensor, from_temperature: float, to_temperature: Temperature) -> Tensor:
+    """Log-probabilities at ``from_temperature`` ``[..., K]`` re-tempered to ``to_temperature``:
+    log_softmax(from/to · log p). Exact for a full distribution; for a coarsened one (a tail bucket)
+    it treats the bucket as a single entry (an approximation, used only when the two differ)."""
+    if not isinstance(to_temperature, Tensor) and to_temperature == from_temperature:
+        return log_probs_at
+    ratio = from_temperature / (to_temperature.unsqueeze(-1) if isinstance(to_temperature, Tensor) else to_temperature)
+    return torch.log_softmax(log_probs_at * ratio, dim=-1)

@@ -1,6 +1,12 @@
-"""One pass of the teacher over a training split into a teacher cache: ``torchrun ... code/cache_teacher.py --help``."""
+"""One pass of the teacher over a training split into a teacher cache: ``torchrun ... code/cache_teacher.py --help``.
+
+A failure on bad input ends with one ``cache_teacher.py: error: <cause>`` line and exit code 2.
+"""
+
+import sys
 
 from todi.cache_run import main
+from todi.failures import run_entry_point
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_entry_point(main, prog="cache_teacher.py"))

@@ -18,6 +18,7 @@ import torch
 
 from todi.data import DataError
 from todi.distributed import init_distributed
+from todi.failures import fail, run_entry_point
 from todi.ds_config import PRECISIONS
 from todi.evaluation import EvalSet, base_model_of_adapter, evaluate_sets
 from todi.generation import SamplingConfig
@@ -107,14 +108,16 @@ def main(argv=None) -> int:
             model, tokenizer, sets, args.seeds, args.save_dir, config, batch_size=args.eval_batch_size,
             data_num=args.data_num, rank=rank, world_size=world_size, info=info, log=log,
         )
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
+    except (DataError, OSError, ValueError) as e:  # bad input: one line (recorded for the launchers), code 2
+        code = fail(f"error: {e}")
+    else:
+        code = 0
+    # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.failures)
+    dist = torch.distributed
+    if dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
+        dist.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main, prog="evaluate.py"))

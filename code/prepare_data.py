@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from todi.data import DataError
+from todi.failures import fail, run_entry_point
 from todi.prepare import DATASETS, SOURCES, PrepareError, download_raw_files, find_raw_files, prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,11 +45,10 @@ def main(argv=None) -> int:
                 raw_files = download_raw_files(dataset, args.output_dir / "raw")
             for path, n in prepare(dataset, raw_files, args.output_dir, tokenizer).items():
                 print(f"{dataset}: wrote {n} examples to {path}")
-    except (PrepareError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (PrepareError, DataError, OSError) as e:  # bad input: one line (recorded for the launchers), code 2
+        return fail(f"error: {e}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main, prog="prepare_data.py"))

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "code" / "todi"
 # Lowest first. A new module must be placed here (the test fails until it is).
 RANKS = {
     # 0: conventions and utilities that know nothing of the rest
-    "todi": 0, "todi.labels": 0, "todi.plugins": 0, "todi.log": 0, "todi.atomic": 0,
+    "todi": 0, "todi.labels": 0, "todi.plugins": 0, "todi.log": 0, "todi.atomic": 0, "todi.failures": 0,
+    "todi.monitor": 5,
     # 1: divergence math and the objective registry
     "todi.objectives": 1, "todi.objectives.math": 1, "todi.objectives.registry": 1, "todi.objectives.builtin": 1,
     # 2: loss kernels
@@ -30,11 +31,11 @@ RANKS = {
     # 5: infrastructure: processes, files, data, models, generation, metrics, results
     "todi.distributed": 5, "todi.ds_config": 5, "todi.schedule": 5, "todi.batching": 5, "todi.data": 5,
     "todi.metrics": 5, "todi.results": 5, "todi.checkpoint": 6, "todi.models": 5, "todi.generation": 5,
-    "todi.fused_head": 5, "todi.prepare": 6, "todi.curves": 6,
+    "todi.fused_head": 5, "todi.prepare": 6, "todi.curves": 6, "todi.teacher_cache": 5,
     "todi.judge_inputs": 6, "todi.judge_stats": 6, "todi.judge": 7,
     # 7: evaluation and the command line; 8: training; 9: what drives whole pipelines
     "todi.step_metrics": 6, "todi.dev_evaluation": 7,
-    "todi.evaluation": 7, "todi.args": 7, "todi.run_state": 8, "todi.training_setup": 8, "todi.trainer": 9,
+    "todi.evaluation": 7, "todi.args": 7, "todi.cache_run": 7, "todi.run_state": 8, "todi.training_setup": 8, "todi.trainer": 9,
     "todi.study": 9, "todi.demo": 9,
 }
 FORBIDDEN_BELOW_KERNELS = ("transformers", "peft", "deepspeed")

@@ -180,7 +180,7 @@ def test_cache_build_resume_checks_and_training(setup, tmp_path):
     run = tmp_path / "run"
     argv = cli(student, data, run, teacher=teacher, objective="ToDi", **{"teacher-model-path": None,
                "teacher-cache": out, "criterion": "various_divergence", "kd-objective": "ToDi",
-               "kd-temperature": 2.0})
+               "kd-temperature": 2.0, "do-valid": True})
     result = subprocess.run([sys.executable, str(REPO / "code/distillation.py"), *argv], capture_output=True,
                             text=True, env=subprocess_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

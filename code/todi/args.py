@@ -14,6 +14,7 @@ import os
 
 from todi.adakd import DIFFICULTIES
 from todi.kernels import IMPLEMENTATIONS
+from todi.monitor import BACKENDS, missing_package, parse_backends
 from todi.objectives import Param, all_objectives, canonical_name, get
 from todi.plugins import load_plugins
 
@@ -37,6 +38,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-model-path", default=None, help="teacher: a Hugging Face model directory (KD only)")
     _not_identity(g.add_argument("--teacher-model-type", default=None, help="label of the teacher family (recorded)"))
     g.add_argument("--teacher-peft-path", default=None, help="LoRA adapter merged into the teacher before training")
+    g.add_argument("--teacher-cache", default=None, metavar="DIR",
+                   help="distil from precomputed teacher targets (code/cache_teacher.py) instead of a live teacher: "
+                        "no teacher is loaded; the cache must match the data, tokenizer, lengths and temperature")
     _not_identity(g.add_argument("--teacher-model-fp16", action="store_true",
                    help="official flag; the teacher always uses the DeepSpeed config's precision, so this is "
                         "only accepted together with an fp16 config"))
@@ -218,6 +222,19 @@ def _deepspeed_args(parser: argparse.ArgumentParser) -> None:
                         "from the command line"))
 
 
+def _monitor_args(parser: argparse.ArgumentParser) -> None:
+    """Live metrics (DeepSpeed's monitor, :mod:`todi.monitor`): where a run reports, not what it computes."""
+    g = parser.add_argument_group("live metrics")
+    _not_identity(g.add_argument(
+        "--report-to", action="append", type=parse_backends, default=[], metavar="BACKEND[,BACKEND]",
+        help=f"send the train/dev metrics to {', '.join(BACKENDS)} through DeepSpeed's monitor (rank 0 only); "
+             "repeatable or a comma list; default: none (metrics.jsonl and the log only)"))
+    _not_identity(g.add_argument("--report-dir", default=None,
+                                 help="where tensorboard/, csv/ and wandb/ go (default: SAVE_DIR/monitor)"))
+    _not_identity(g.add_argument("--wandb-project", default="todi",
+                                 help="W&B project; offline (WANDB_MODE=offline) unless WANDB_API_KEY is set"))
+
+
 def _plugin_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("plug-ins")
     _not_identity(g.add_argument(
@@ -233,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args,
-                _plugin_args):
+                _monitor_args, _plugin_args):
         add(parser)
     return parser
 
@@ -249,6 +266,16 @@ def run_identity(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     keys = [a.dest for a in parser._actions
             if a.dest != "help" and getattr(a, "run_identity", True) and a.dest not in others]
     return {k: getattr(args, k, None) for k in keys}
+
+
+def _check_report_to(args: argparse.Namespace, fail) -> None:
+    """Flatten ``--report-to`` (repeated, comma lists) and fail now, not mid-run, on a missing package."""
+    groups = [[g] if isinstance(g, str) else g for g in args.report_to]  # already flat when checked twice
+    args.report_to = list(dict.fromkeys(b for group in groups for b in group))
+    for backend in args.report_to:
+        hint = missing_package(backend)
+        if hint is not None:
+            fail(f"--report-to {backend} needs the {backend} package, which is not installed: {hint}")
 
 
 def check_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -281,16 +308,18 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
             args.kd_objective = canonical_name(args.kd_objective)
         except ValueError as e:
             fail(f"--kd-objective: {e}")
-        if args.teacher_model_path is None:
-            fail("--criterion various_divergence needs --teacher-model-path")
+        if args.teacher_model_path is None and args.teacher_cache is None:
+            fail("--criterion various_divergence needs --teacher-model-path (or --teacher-cache)")
         if args.adakd and args.kd_rate == 0:
             fail("--adakd needs --kd-rate > 0 (it decides which tokens get a KD term)")
     else:
-        if args.teacher_model_path is not None or args.teacher_peft_path is not None:
+        if args.teacher_model_path is not None or args.teacher_peft_path is not None or args.teacher_cache is not None:
             fail("--criterion cross_entropy (SFT) uses no teacher; drop --teacher-model-path/--teacher-peft-path")
         if args.adakd:
             fail("--adakd needs --criterion various_divergence")
     _check_objective_params(args, fail)
+    if args.teacher_cache is not None and args.fused_lm_head:
+        fail("--fused-lm-head does not read a --teacher-cache yet: drop one of them")
     if args.fused_lm_head and (args.adakd or args.kd_impl == "reference"):
         fail("--fused-lm-head works with the memory-efficient kernels only: drop --adakd (it needs the student's "
              "logits) and --kd-impl reference")
@@ -300,6 +329,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         fail("--eval-gen needs --do-valid (dev generation is part of the dev evaluation)")
     if args.eval_gen_repeat_times <= 0:
         fail("--eval-gen-repeat-times must be > 0")
+    _check_report_to(args, fail)
     if args.local_rank is not None and "LOCAL_RANK" in os.environ and int(os.environ["LOCAL_RANK"]) != args.local_rank:
         fail(f"--local_rank {args.local_rank} disagrees with LOCAL_RANK={os.environ['LOCAL_RANK']}")
     return args

@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace) -> None:
     precision = args.precision or ("bf16" if env.device.type == "cuda" else "fp32")
     teacher = build_teacher(args.teacher_model_path, dtype=ds_config.PRECISIONS[precision],
                             adapter_path=args.teacher_peft_path).to(env.device).eval()
-    vocab = teacher.get_output_embeddings().weight.shape[0]
+    # the entries the tokenizer defines: output rows beyond it (padding) never enter a target
+    vocab = min(teacher.get_output_embeddings().weight.shape[0], len(tokenizer))
     settings = CacheSettings(k=min(args.top_k, vocab), temperature=args.kd_temperature, dtype=args.dtype,
                              max_length=args.max_length, max_prompt_length=args.max_prompt_length)
     settings.check()
@@ -75,7 +76,7 @@ def _run(args: argparse.Namespace) -> None:
         write_meta(root, settings, fingerprint, args.overwrite)
     barrier()
     collate = Collator(pad_id=tokenizer.pad_token_id)
-    counts = build_cache(teacher, split.examples, collate, root, settings, device=env.device,
+    counts = build_cache(teacher, split.examples, collate, root, settings, device=env.device, vocab=vocab,
                          batch_size=args.batch_size, part_size=args.part_size, rank=env.rank,
                          world_size=env.world_size, progress=env.is_main)
     logger.info(f"rank {env.rank}: {counts['examples']} examples, {counts['tokens']} tokens, "

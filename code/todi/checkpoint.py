@@ -114,12 +114,16 @@ def save_model(module, tokenizer, path: str | Path, *, state_dict: dict | None =
     """Save weights (or a peft adapter), config and tokenizer as a Hugging Face directory, atomically.
 
     ``state_dict`` is the full state gathered from ZeRO-3 shards (None otherwise). Only the main
-    process writes; the others wait.
+    process writes; the others wait. The tokenizer's family profile (EOS, pad, stop tokens, BOS
+    rule) goes to ``todi_tokenizer.json``, so that evaluation ends answers at the same tokens.
     """
+    from todi.models import save_tokenizer_profile
+
     if is_main:
         with atomic_dir(path) as tmp:
             module.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            save_tokenizer_profile(tokenizer, tmp)
     barrier()
 
 

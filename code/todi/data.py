@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from todi.labels import IGNORE_INDEX
+from todi.models import prompt_prefix_ids
 
 __all__ = [
     "Batch",
@@ -212,10 +213,11 @@ def load_split(
 def _tokenize(tokenizer, prompts, responses, max_length, max_prompt_length):
     """[(ids, prompt_len, prompt_was_cut, response_was_cut)] for each example."""
     eos = tokenizer.eos_token_id
+    prefix = prompt_prefix_ids(tokenizer)  # Gemma's <bos>, as in generation; [] for the other families
     out = []
     for p, r in zip(_encode(tokenizer, prompts), _encode(tokenizer, responses)):
-        cut_prompt = len(p) > max_prompt_length
-        p = p[-max_prompt_length:]  # keep the end: the "### Response:" cue the answer follows
+        cut_prompt = len(p) + len(prefix) > max_prompt_length
+        p = prefix + p[len(p) - (max_prompt_length - len(prefix)):] if cut_prompt else prefix + p  # keep the end: the cue
         full = p + r + [eos]
         out.append((full[:max_length], len(p), cut_prompt, len(full) > max_length))
     return out

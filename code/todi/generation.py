@@ -89,6 +89,20 @@ def gumbel_noise(seed: int, example_ids: Tensor, step: int, vocab_size: int) -> 
     return -torch.log(-torch.log(uniform))
 
 
+class _VocabularyMask:
+    """Logits processor: -inf at ids ≥ ``size`` (output rows no tokenizer entry stands for, e.g.
+    Qwen2.5's padding rows 151,665..152,063), so that no answer ever samples a padding row."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if scores.shape[-1] > self.size:
+            scores = scores.clone()
+            scores[:, self.size:] = -float("inf")
+        return scores
+
+
 class _GumbelSampler:
     """Logits processor: adds per-example Gumbel noise so that greedy decoding samples."""
 
@@ -104,10 +118,15 @@ class _GumbelSampler:
         return logp + noise  # -inf entries (filtered by top-k/top-p) stay -inf
 
 
-def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_width: int):
+def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_width: int,
+                vocab_size: int | None = None):
+    """The logits processors: the padding-row mask (``vocab_size`` = len(tokenizer)) first, then the
+    sampling warpers and the Gumbel sampler."""
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     procs = LogitsProcessorList()
+    if vocab_size is not None:
+        procs.append(_VocabularyMask(vocab_size))
     if not config.do_sample:
         return procs
     if config.temperature != 1.0:
@@ -122,14 +141,18 @@ def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_w
 
 def _encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
     """Token ids of each prompt (no special tokens, as the official code and training data), keeping
-    its last ``max_prompt_length`` tokens (the end with the "### Response:" cue)."""
+    its last ``max_prompt_length`` tokens (the end with the "### Response:" cue), after the family's
+    prompt prefix (Gemma's ``<bos>``, :func:`todi.models.prompt_prefix_ids`)."""
+    from todi.models import prompt_prefix_ids
+
     if not prompts:
         return []
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     for i, ids in enumerate(encoded):
         if not ids:
             raise ValueError(f"prompt {i} is empty: there is nothing to answer")
-    return [ids[-max_prompt_length:] for ids in encoded]
+    prefix = prompt_prefix_ids(tokenizer)
+    return [prefix + ids[-(max_prompt_length - len(prefix)):] for ids in encoded]
 
 
 def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
@@ -164,6 +187,8 @@ def generate(
     """
     from transformers import GenerationConfig
 
+    from todi.models import stop_token_ids
+
     if batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if not prompts:
@@ -188,7 +213,7 @@ def generate(
         min_new_tokens=0,
         no_repeat_ngram_size=config.no_repeat_ngram_size,
         repetition_penalty=1.0,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_token_ids(tokenizer),  # the family's end tokens (todi_tokenizer.json), EOS first
         pad_token_id=tokenizer.pad_token_id,
     )
     was_training = model.training
@@ -208,7 +233,7 @@ def generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=gen_config,
-            logits_processor=_processors(config, seed, example_ids, ids.shape[1]),
+            logits_processor=_processors(config, seed, example_ids, ids.shape[1], vocab_size=len(tokenizer)),
             synced_gpus=synced_gpus,
         )
         if dummy:

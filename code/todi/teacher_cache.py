@@ -161,12 +161,13 @@ def _write_part(root: Path, examples: list, ids: list[np.ndarray], log_probs: li
 
 @torch.no_grad()
 def build_cache(teacher, examples: list, collate, root: str | Path, settings: CacheSettings, *, device,
-                batch_size: int = 8, part_size: int = 256, rank: int = 0, world_size: int = 1,
-                progress: bool = False) -> dict:
+                vocab: int | None = None, batch_size: int = 8, part_size: int = 256, rank: int = 0,
+                world_size: int = 1, progress: bool = False) -> dict:
     """Compute this rank's share of the examples no part covers yet and write them in parts.
 
     ``examples``: the split's :class:`todi.data.TokenizedExample` list; ``collate``: its
-    :class:`todi.data.Collator` (without a cache). Rank r takes every world_size-th missing example.
+    :class:`todi.data.Collator` (without a cache); ``vocab``: the leading logits that count (the
+    tokenizer's entries; None: all). Rank r takes every world_size-th missing example.
     Returns this rank's counts: examples, tokens, bytes written.
     """
     from tqdm import tqdm
@@ -186,7 +187,7 @@ def build_cache(teacher, examples: list, collate, root: str | Path, settings: Ca
             source = batch.input_ids if batch.teacher_input_ids is None else batch.teacher_input_ids
             logits = teacher(input_ids=source, attention_mask=batch.attention_mask, use_cache=False).logits
             for row, mask in zip(logits, batch.labels.ne(IGNORE_INDEX)):
-                top, lp = teacher_targets(row[mask], settings.k, settings.temperature)
+                top, lp = teacher_targets(row[mask][:, :vocab], settings.k, settings.temperature)
                 ids.append(top.to(torch.int32).cpu().numpy())
                 log_probs.append(lp.cpu().numpy().astype(dtype))
             bar.update(len(chunk))

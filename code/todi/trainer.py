@@ -29,6 +29,7 @@ from todi.data import Batch, DataError
 from todi.dev_evaluation import DevEvaluation
 from todi.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
 from todi.fused_head import fused_student_loss
+from todi.kernels import SparseTargets
 from todi.labels import IGNORE_INDEX
 from todi.log import MetricsLog, format_record, logger, setup_logging
 from todi.run_state import RunDirectory
@@ -39,17 +40,22 @@ __all__ = ["Trainer", "main", "student_loss", "teacher_forward"]
 
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
-                 *, diagnostics: bool = False, fused: bool = False) -> LossOutput:
+                 *, diagnostics: bool = False, fused: bool = False, cache_temperature: float | None = None) -> LossOutput:
     """Student forward and loss of one micro-batch.
 
     ``fused``: the output layer, CE and KD run chunk by chunk on the final hidden states
-    (:func:`todi.kernels.fused_student_loss`), so the student's ``[B, L, V]`` logits never exist.
+    (:func:`todi.fused_head.fused_student_loss`), so the student's ``[B, L, V]`` logits never exist.
+    ``cache_temperature``: the batch carries cached teacher targets (``batch.teacher_targets``) made
+    at this temperature, used instead of ``teacher_logits``.
     """
     if fused:
         return fused_student_loss(model, batch.input_ids, batch.attention_mask, batch.labels, teacher_logits,
                                   criterion, diagnostics=diagnostics)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return criterion(logits, batch.labels, teacher_logits, diagnostics=diagnostics)
+    sparse = None
+    if batch.teacher_targets is not None:
+        sparse = SparseTargets(*batch.teacher_targets, temperature=cache_temperature)
+    return criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics)
 
 
 def teacher_forward(teacher, batch: Batch) -> Tensor:
@@ -86,7 +92,9 @@ class Trainer:
         self.uses_teacher = setup.uses_teacher(args)
         models = setup.build_models(args, env, self.ds, self.data, self.total_iters)
         self.engine, self.scheduler, self.teacher = models.engine, models.scheduler, models.teacher
-        self.criterion, self.adakd = setup.build_criterion(args, self.total_iters)
+        self.criterion, self.adakd = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
+        cache = self.data.collate.teacher_cache
+        self.cache_temperature = cache.settings.temperature if cache is not None else None
         self.dev = DevEvaluation(args, env, self.ds.zero_stage)
 
         self.state = ckpt.TrainerState()
@@ -94,6 +102,8 @@ class Trainer:
         self.metrics = StepMetrics(env.device)
         self.epoch_metrics = StepMetrics(env.device)
         self.log_file = MetricsLog(self.save_dir / "metrics.jsonl", env.is_main)
+        # --report-to: the same records as live events (TensorBoard, CSV, W&B), written by rank 0
+        self.monitor = setup.build_monitor(args, env, self.save_dir, fresh=self.run.resume_tag is None)
         self._rng_to_restore = None
         self.state_epoch_sums: dict[str, float] = {}  # epoch sums of steps before the last saved state
         if self.run.resume_tag is None:
@@ -149,8 +159,9 @@ class Trainer:
         scale = loss_scale(global_tokens, self.args.gradient_accumulation_steps, self.env.world_size)
         kd_sum = kd_tokens = None
         for host_batch, batch in zip(micro_batches, batches):
-            teacher_logits = teacher_forward(self.teacher, batch) if self.uses_teacher else None
+            teacher_logits = teacher_forward(self.teacher, batch) if self.teacher is not None else None
             out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
+                               cache_temperature=self.cache_temperature,
                                fused=self.args.fused_lm_head)
             self.engine.backward(out.loss * scale)
             self.engine.step()
@@ -210,6 +221,7 @@ class Trainer:
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
         logger.info("train | " + format_record(record))
         self.log_file.write({"split": "train", **record})
+        self.monitor.write("train", record, self.state.global_step)
 
     @contextmanager
     def _untimed(self):
@@ -287,6 +299,7 @@ class Trainer:
             summary["kd"] = sums["kd"] / max(sums.get("kd_tokens", 0.0), 1.0)
         logger.info("train epoch | " + format_record(summary))
         self.log_file.write({"split": "train_epoch", **summary})
+        self.monitor.write("epoch", summary, self.state.global_step)
 
         save = (epoch + 1) % args.save_interval == 0 or last
         evaluate = args.do_valid and ((epoch + 1) % args.eval_interval == 0 or save)
@@ -295,8 +308,11 @@ class Trainer:
             record = {"epoch": epoch + 1, "step": self.state.global_step, **results}
             logger.info("dev | " + format_record(record))
             self.log_file.write({"split": "dev", **record})
+            self.monitor.write("dev", results, self.state.global_step)
         if save:
             self._save_checkpoint(epoch, results)
+        if last:
+            self.monitor.close()  # the last event of the run has been written
 
     def _save_checkpoint(self, epoch: int, results: dict) -> None:
         name = ckpt.checkpoint_name(epoch + 1, self.state.global_step, results.get("loss"), results.get("rougeL"))
@@ -319,7 +335,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self) -> dict:
-        return self.dev.evaluate(self.engine.module, self.data.dev, self.data.collate, self.data.tokenizer)
+        return self.dev.evaluate(self.engine.module, self.data.dev, self.data.eval_collate, self.data.tokenizer)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ and the criterion, each from the command-line arguments (``code/distillation.py`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,19 +23,42 @@ from todi.log import logger
 from todi.models import (
     build_student,
     build_teacher,
-    check_vocabularies,
+    shared_vocab_size,
     load_tokenizer,
     optimizer_param_groups,
     same_tokenizer,
 )
+from todi.monitor import TrainingMonitor, monitor_sections
 from todi.schedule import build_scheduler
 
 __all__ = ["DeepSpeedSettings", "Models", "TrainingData", "build_criterion", "build_data", "build_models",
-           "deepspeed_settings", "schedule_length", "uses_teacher"]
+           "build_monitor", "deepspeed_settings", "schedule_length", "uses_teacher"]
 
 
 def uses_teacher(args: argparse.Namespace) -> bool:
     return args.criterion == "various_divergence" and args.kd_rate > 0
+
+
+def live_teacher(args: argparse.Namespace) -> bool:
+    """Whether a teacher model runs (KD without a teacher cache)."""
+    return uses_teacher(args) and args.teacher_cache is None
+
+
+def open_teacher_cache(args: argparse.Namespace, tokenizer):
+    """The run's teacher cache, checked against its data, tokenizer, lengths and temperature (and the
+    teacher's weights when --teacher-model-path is given too), or None."""
+    if not uses_teacher(args) or args.teacher_cache is None:
+        return None
+    from todi.teacher_cache import TeacherCache
+
+    cache = TeacherCache(args.teacher_cache)
+    cache.check(data_path=Path(args.data_dir) / "train.jsonl", tokenizer=tokenizer, max_length=args.max_length,
+                max_prompt_length=args.max_prompt_length, temperature=args.kd_temperature,
+                teacher_path=args.teacher_model_path,
+                teacher_adapter=args.teacher_peft_path if args.teacher_model_path is not None else None)
+    logger.info(f"teacher cache {args.teacher_cache}: top-{cache.settings.k} targets at temperature "
+                f"{cache.settings.temperature:g} ({cache.bytes_per_token:.0f} bytes per token); no teacher is loaded")
+    return cache
 
 
 @dataclass
@@ -75,14 +99,15 @@ class TrainingData:
     teacher_tokenizer: object | None  # None without a teacher
     train: Split
     dev: Split | None
-    collate: Collator
+    collate: Collator  # training batches (with the teacher cache's targets, if any)
+    eval_collate: Collator  # dev batches: no teacher targets (the cache holds the training split only)
 
 
 def build_data(args: argparse.Namespace) -> TrainingData:
     """Tokenizers, the train (and dev) split and the collator; a teacher tokenizer that differs
     from the student's tokenises separately (alignment is checked)."""
     tokenizer = load_tokenizer(args.model_path)
-    teacher_tokenizer = load_tokenizer(args.teacher_model_path) if uses_teacher(args) else None
+    teacher_tokenizer = load_tokenizer(args.teacher_model_path) if live_teacher(args) else None
     separate = teacher_tokenizer is not None and not same_tokenizer(tokenizer, teacher_tokenizer)
     if separate:
         logger.info("teacher tokenizer differs from the student's: tokenising separately (alignment is checked)")
@@ -97,7 +122,8 @@ def build_data(args: argparse.Namespace) -> TrainingData:
         logger.info(dev.stats.summary("dev"))
     collate = Collator(pad_id=tokenizer.pad_token_id, teacher_pad_id=teacher_tokenizer.pad_token_id if separate else None,
                        pad_to=args.max_length if args.pad_to_max_length else None)
-    return TrainingData(tokenizer, teacher_tokenizer, train, dev, collate)
+    train_collate = dataclasses.replace(collate, teacher_cache=open_teacher_cache(args, tokenizer))
+    return TrainingData(tokenizer, teacher_tokenizer, train, dev, train_collate, collate)
 
 
 def schedule_length(args: argparse.Namespace, n_examples: int, world_size: int) -> tuple[int, int, int]:
@@ -120,6 +146,7 @@ class Models:
     engine: object  # the student's DeepSpeed engine
     scheduler: object
     teacher: object | None  # frozen, on the device (sharded like the student under ZeRO-3)
+    kd_vocab: int | None = None  # the leading vocabulary entries KD compares (both tokenizers and output layers)
 
 
 def _log_parameters(model, name: str, precision: str) -> None:
@@ -150,10 +177,10 @@ def build_models(args: argparse.Namespace, env: DistEnv, ds: DeepSpeedSettings, 
                             lora_alpha=args.peft_lora_alpha, lora_dropout=args.peft_lora_dropout,
                             gradient_checkpointing=args.gradient_checkpointing)
     _log_parameters(student, "student", ds.precision)
-    teacher = None
-    if uses_teacher(args):
+    teacher, kd_vocab = None, None
+    if live_teacher(args):
         teacher = build_teacher(args.teacher_model_path, dtype=ds.dtype, adapter_path=args.teacher_peft_path)
-        check_vocabularies(student, teacher, data.tokenizer, data.teacher_tokenizer)
+        kd_vocab = shared_vocab_size(student, teacher, data.tokenizer, data.teacher_tokenizer)
         _log_parameters(teacher, "teacher", ds.precision)
     optimizer = torch.optim.AdamW(optimizer_param_groups(student, args.weight_decay), lr=args.lr,
                                   fused=env.device.type == "cuda")
@@ -173,11 +200,12 @@ def build_models(args: argparse.Namespace, env: DistEnv, ds: DeepSpeedSettings, 
             teacher_engine.compile(compile_kwargs={"dynamic": True})
         elif teacher is not None:
             teacher = torch.compile(teacher, dynamic=True)
-    return Models(engine, scheduler, teacher)
+    return Models(engine, scheduler, teacher, kd_vocab)
 
 
-def build_criterion(args: argparse.Namespace, total_iters: int):
-    """(criterion, AdaKD planner or None): the objective and its parameters from the registry's flags."""
+def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int | None = None):
+    """(criterion, AdaKD planner or None): the objective and its parameters from the registry's flags;
+    ``vocab_size``: the compared vocabulary (:func:`todi.models.shared_vocab_size`; None: min of the two)."""
     adakd = None
     if args.adakd:
         from todi.adakd import AdaKD  # only AdaKD runs need it
@@ -190,5 +218,18 @@ def build_criterion(args: argparse.Namespace, total_iters: int):
     if not uses_teacher(args):
         logger.info("--kd-rate 0: the teacher is not used (plain SFT through the same loss)")
     criterion = DistillationLoss(args.kd_objective, kd_rate=args.kd_rate, temperature=args.kd_temperature,
-                                 impl=args.kd_impl, planner=adakd, **objective_kwargs(args))
+                                 impl=args.kd_impl, planner=adakd, vocab_size=vocab_size, **objective_kwargs(args))
     return criterion, adakd
+
+
+def build_monitor(args: argparse.Namespace, env: DistEnv, save_dir: Path, *, fresh: bool) -> TrainingMonitor:
+    """DeepSpeed's monitor for ``--report-to`` (a no-op without it); ``fresh``: not a resumed run.
+
+    Built after the engine: DeepSpeed's monitor asks ``deepspeed.comm`` for the rank."""
+    report_dir = Path(args.report_dir) if args.report_dir is not None else Path(save_dir) / "monitor"
+    job_name = Path(save_dir).resolve().name  # runs sharing a --report-dir appear side by side
+    sections = monitor_sections(args.report_to, report_dir, job_name, args.wandb_project)
+    monitor = TrainingMonitor(sections, report_dir=report_dir, job_name=job_name, is_main=env.is_main, fresh=fresh)
+    if monitor.enabled:
+        logger.info(f"live metrics: {', '.join(args.report_to)} in {report_dir}")
+    return monitor

@@ -26,6 +26,7 @@ BATCH_SIZE=${BATCH_SIZE:-16}
 LR=${LR:-0.002}
 PRECISION=${PRECISION:-fp32}
 STUDENT_SFT=${STUDENT_SFT:-1}   # 1: also train the student without a teacher, for comparison
+CACHE_K=${CACHE_K:-}            # e.g. 64: also distil from a top-k teacher cache (scripts/gpt2/cache_teacher_gpt2_xlarge.sh)
 # evaluation
 RUN_EVAL=${RUN_EVAL:-1}         # 0: train only
 SEEDS=${SEEDS:-10}
@@ -63,6 +64,17 @@ env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" TEACHER_MODEL_PATH=
     PLUGINS="${PLUGINS}" SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}" EPOCH="${STUDENT_EPOCHS}" \
     bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
 CHECKPOINTS=("${TEACHER}" "$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}")")
+
+if [ -n "${CACHE_K}" ]; then
+    say "extra: a top-${CACHE_K} cache of the teacher, and KD of the student from it (no teacher loaded)"
+    env BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" DATA_DIR="${DEMO_DIR}/data/demo" TOP_K="${CACHE_K}" \
+        TEACHER_MODEL_PATH="${TEACHER}" CACHE_DIR="${DEMO_DIR}/cache_k${CACHE_K}" MAX_LENGTH=512 MAX_PROMPT_LENGTH=256 \
+        bash "${BASE_PATH}/scripts/gpt2/cache_teacher_gpt2_xlarge.sh"
+    env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" TEACHER_CACHE="${DEMO_DIR}/cache_k${CACHE_K}" \
+        KD_OBJ="${KD_OBJ}" PLUGINS="${PLUGINS}" SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_k${CACHE_K}" \
+        EPOCH="${STUDENT_EPOCHS}" bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
+    CHECKPOINTS+=("$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_k${CACHE_K}")")
+fi
 
 if [ "${STUDENT_SFT}" = 1 ]; then
     say "3/3: SFT of the student without a teacher, the baseline (${STUDENT_EPOCHS} epochs)"

@@ -1,5 +1,7 @@
 # Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): one evaluate.py run per set
 # with every seed (the model is loaded once per set); a set without data is skipped with a message.
+# NPROC=1 runs python directly, more ranks torchrun; a failure stops the loop and ends with its cause
+# (after torchrun's report) and a non-zero exit code.
 # Needs MODEL_ARGS, BATCH, BASE_PATH, EVAL_DATA_DIR, EVAL_SETS, SEEDS, EVAL_OUT, MAX_LENGTH,
 # MAX_PROMPT_LENGTH, NO_REPEAT_NGRAM_SIZE, DTYPE, GPUS (NPROC optional).
 
@@ -24,14 +26,31 @@ for set in ${EVAL_SETS}; do
     if [[ ${set} == uinst/* ]]; then
         DATA_NUM=10000   # the official protocol scores UnNI's first 10,000 examples
     fi
+    if [[ ${NPROC} -eq 1 ]]; then
+        LAUNCH=(python3)   # one process: no launcher, its own error line is the last one
+    else
+        LAUNCH=(torchrun --standalone --nproc_per_node "${NPROC}")
+    fi
+    # a failing rank records its cause there (code/todi/failures.py); printed last, after torchrun's report
+    TODI_ERROR_DIR=$(mktemp -d)
+    export TODI_ERROR_DIR
+    status=0
     # shellcheck disable=SC2086  # SEEDS is a list
-    torchrun --standalone --nproc_per_node "${NPROC}" "${BASE_PATH}/code/evaluate.py" \
+    "${LAUNCH[@]}" "${BASE_PATH}/code/evaluate.py" \
         "${MODEL_ARGS[@]}" \
         --data-dir "${EVAL_DATA_DIR}/${set}" --data-names "${set}" --data-num "${DATA_NUM}" \
         --seed ${SEEDS} --eval-batch-size "${BATCH}" --dtype "${DTYPE}" \
         --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
         --do-sample --top-k 0 --top-p 1.0 --temperature 1.0 --no-repeat-ngram-size "${NO_REPEAT_NGRAM_SIZE}" \
-        --save-dir "${EVAL_OUT}"
+        --save-dir "${EVAL_OUT}" || status=$?
+    if [[ ${status} -ne 0 ]]; then
+        if [[ ${NPROC} -ne 1 ]]; then
+            python3 "${BASE_PATH}/code/todi/failures.py" "${TODI_ERROR_DIR}" "evaluation of ${set}" "${status}" >&2 || true
+        fi
+        rm -rf "${TODI_ERROR_DIR}"
+        exit "${status}"
+    fi
+    rm -rf "${TODI_ERROR_DIR}"
     evaluated=$((evaluated + 1))
 done
 if [[ ${evaluated} -eq 0 ]]; then

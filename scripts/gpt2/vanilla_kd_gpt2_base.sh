@@ -26,7 +26,7 @@ CKPT_NAME=${CKPT_NAME:-gpt2-base}
 CKPT_PATH=${CKPT_PATH:-${BASE_PATH}/model_hub/${CKPT_TYPE}/${CKPT_NAME}}
 TEACHER_MODEL_TYPE=${TEACHER_MODEL_TYPE:-gpt2}
 TEACHER_MODEL_NAME=${TEACHER_MODEL_NAME:-gpt2-xlarge}
-TEACHER_MODEL_PATH=${TEACHER_MODEL_PATH:-}   # the SFT teacher: a checkpoint of sft_teacher_gpt2_xlarge.sh
+TEACHER_MODEL_PATH=${TEACHER_MODEL_PATH:-${BASE_PATH}/model_hub/gpt2/teacher-gpt2-1.5B}   # the paper's teacher: MiniLLM's GPT-2 XL fine-tuned on Dolly (scripts/download_models.sh); or a checkpoint of sft_teacher_gpt2_xlarge.sh
 # data
 DATA_DIR=${DATA_DIR:-${BASE_PATH}/data/dolly/}
 DEV_NUM=${DEV_NUM:-1000}
@@ -50,6 +50,7 @@ AB_ALPHA=${AB_ALPHA:-}                     # ab_divergence (ABKD): --ab-alpha (d
 AB_BETA=${AB_BETA:-}                       # ab_divergence (ABKD): --ab-beta (default 0.7)
 OBJ_ARGS=${OBJ_ARGS:-}                     # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
 PLUGINS=${PLUGINS:-}                       # space-separated plug-in .py files or modules (one --plugin each), e.g. ones that register objectives
+TEACHER_CACHE=${TEACHER_CACHE:-}             # a teacher cache (scripts/*/cache_teacher_*.sh): distil from it, no teacher loaded
 OBJ_TAG=${OBJ_TAG:-${TODI_BETA:+-todi^beta=${TODI_BETA}}${SKEW_LAMBDA:+-skew^lambda=${SKEW_LAMBDA}}${ADAPTIVE_KL_ALPHA:+-adaptive^kl^alpha=${ADAPTIVE_KL_ALPHA}}${GJSD_BETA:+-gjsd^beta=${GJSD_BETA}}${AB_ALPHA:+-ab^alpha=${AB_ALPHA}}${AB_BETA:+-ab^beta=${AB_BETA}}${OBJ_ARGS:+$(printf '%s' "${OBJ_ARGS}" | sed -E -e 's/^ +| +$//g' -e 's/ *--/-/g' -e 's/[ =]+/=/g' -e 's/([a-z])-([a-z])/\1^\2/g' -e 's/([a-z])-([a-z])/\1^\2/g')}}   # the parameters set above, in the run's name
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
@@ -69,13 +70,19 @@ SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${
 SEED=${SEED:-10}
 EXTRA_OPTS=${EXTRA_OPTS:-}
 
-if [ -z "${TEACHER_MODEL_PATH}" ]; then
-    echo "set TEACHER_MODEL_PATH to the fine-tuned teacher (a checkpoint of scripts/gpt2/sft_teacher_gpt2_xlarge.sh)" >&2
+
+if [ -z "${TEACHER_CACHE}" ] && [ "${TEACHER_MODEL_PATH}" = "${BASE_PATH}/model_hub/gpt2/teacher-gpt2-1.5B" ] \
+        && [ ! -d "${TEACHER_MODEL_PATH}" ]; then
+    echo "the default teacher ${TEACHER_MODEL_PATH} is not there: get it (MODELS=teacher-gpt2-1.5B bash scripts/download_models.sh), or set TEACHER_MODEL_PATH to a checkpoint of scripts/gpt2/sft_teacher_gpt2_xlarge.sh" >&2
     exit 2
 fi
 
 OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
-OPTS+=" --teacher-model-path ${TEACHER_MODEL_PATH}"
+if [ -n "${TEACHER_CACHE}" ]; then   # the cache holds the teacher's outputs: the teacher is not loaded
+    OPTS+=" --teacher-cache ${TEACHER_CACHE}"
+else
+    OPTS+=" --teacher-model-path ${TEACHER_MODEL_PATH}"
+fi
 OPTS+=" --teacher-model-type ${TEACHER_MODEL_TYPE}"
 OPTS+=" --kd-rate ${KD_RATE}"
 OPTS+=" --kd-temperature ${KD_TEMP}"

@@ -47,6 +47,7 @@ AB_ALPHA=${AB_ALPHA:-}                     # ab_divergence (ABKD): --ab-alpha (d
 AB_BETA=${AB_BETA:-}                       # ab_divergence (ABKD): --ab-beta (default 0.7)
 OBJ_ARGS=${OBJ_ARGS:-}                     # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
 PLUGINS=${PLUGINS:-}                       # space-separated plug-in .py files or modules (one --plugin each), e.g. ones that register objectives
+TEACHER_CACHE=${TEACHER_CACHE:-}             # a teacher cache (scripts/*/cache_teacher_*.sh): distil from it, no teacher loaded
 OBJ_TAG=${OBJ_TAG:-${TODI_BETA:+-todi^beta=${TODI_BETA}}${SKEW_LAMBDA:+-skew^lambda=${SKEW_LAMBDA}}${ADAPTIVE_KL_ALPHA:+-adaptive^kl^alpha=${ADAPTIVE_KL_ALPHA}}${GJSD_BETA:+-gjsd^beta=${GJSD_BETA}}${AB_ALPHA:+-ab^alpha=${AB_ALPHA}}${AB_BETA:+-ab^beta=${AB_BETA}}${OBJ_ARGS:+$(printf '%s' "${OBJ_ARGS}" | sed -E -e 's/^ +| +$//g' -e 's/ *--/-/g' -e 's/[ =]+/=/g' -e 's/([a-z])-([a-z])/\1^\2/g' -e 's/([a-z])-([a-z])/\1^\2/g')}}   # the parameters set above, in the run's name
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
@@ -66,15 +67,19 @@ SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${
 SEED=${SEED:-10}
 EXTRA_OPTS=${EXTRA_OPTS:-}
 
-if [ -z "${TEACHER_PEFT_PATH}" ]; then
+if [ -z "${TEACHER_PEFT_PATH}" ] && [ -z "${TEACHER_CACHE}" ]; then
     echo "set TEACHER_PEFT_PATH to the teacher's LoRA adapter (a checkpoint of scripts/tinyllama/sft_teacher_llama2.sh)" >&2
     exit 2
 fi
 
 OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
-OPTS+=" --teacher-model-path ${TEACHER_MODEL_PATH}"
+if [ -n "${TEACHER_CACHE}" ]; then   # the cache holds the teacher's outputs: the 7B teacher is not loaded (nor hashed)
+    OPTS+=" --teacher-cache ${TEACHER_CACHE}"
+else
+    OPTS+=" --teacher-model-path ${TEACHER_MODEL_PATH}"
+    OPTS+=" --teacher-peft-path ${TEACHER_PEFT_PATH}"
+fi
 OPTS+=" --teacher-model-type ${TEACHER_MODEL_TYPE}"
-OPTS+=" --teacher-peft-path ${TEACHER_PEFT_PATH}"
 OPTS+=" --gradient-checkpointing"
 OPTS+=" --kd-rate ${KD_RATE}"
 OPTS+=" --kd-temperature ${KD_TEMP}"

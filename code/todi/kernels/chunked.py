@@ -149,16 +149,21 @@ def sparse_kd_chunk(spec: LossSpec, xs: Tensor, sparse, temp, weight: Tensor, wa
     """D(coarsened teacher, coarsened student) of one chunk and the gradient of Σ weight·D with
     respect to the student's (untempered) logits ``xs`` (float32 ``[C, V]``, not modified).
 
-    With c_i = x_{id_i} − lse(x) (x = logits/T) and the bucket c_b = lse(x off the ids) − lse(x),
-    ∂D/∂x_j = Σ_i g_i [j = id_i] + g_b [j ∉ ids] e^(x_j − lse(x off the ids)) − q_j Σ g, where
-    g = ∂D/∂c comes from autograd on the ``k + 1`` columns (cheap) and q = softmax(x).
+    With q = softmax(x) (x = logits/T), the coarsened student is c_i = log q_{id_i} and the bucket
+    c_b = log Σ_{j ∉ ids} q_j (summed over the tail entries alone: no cancellation). Then
+    ∂D/∂x_j = g_i − q_j G for j = id_i and q_j (g_b / q_b − G) for j ∉ ids, where g = ∂D/∂c comes
+    from autograd on the ``k + 1`` columns (cheap) and G = Σ g. About five passes over the chunk.
     Returns (values ``[C]``, diagnostics, gradient ``[C, V]``).
     """
-    x = scaled_logits(xs, temp)
-    rest = x.scatter(-1, sparse.ids, -torch.inf)
-    teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, temp)
+    finite = bool(torch.isfinite(xs.sum()))
+    x = _divide(xs, temp) if finite else scaled_logits(xs, temp)
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
-    coarse = torch.cat([x.gather(-1, sparse.ids) - lse, torch.logsumexp(rest, -1, keepdim=True) - lse], -1)
+    top = x.gather(-1, sparse.ids) - lse
+    q = (x - lse).exp_()  # a new tensor: x may be xs itself
+    q_top = q.gather(-1, sparse.ids)
+    tail = q.scatter_(-1, sparse.ids, 0.0).sum(-1, keepdim=True)  # q now holds the tail entries only
+    coarse = torch.cat([top, tail.log()], -1)
+    teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, temp)
     with torch.enable_grad():  # the backends run inside an autograd Function's forward (no grad)
         c = coarse.detach().requires_grad_(True)
         s, t, keep = log_probs(c, teacher, 1.0)
@@ -166,10 +171,9 @@ def sparse_kd_chunk(spec: LossSpec, xs: Tensor, sparse, temp, weight: Tensor, wa
         (g,) = torch.autograd.grad((values * weight).sum(), c)
     diag = _chunk_diagnostics(spec, s.detach(), t, keep) if want_diagnostics else {}
     g = torch.where(torch.isfinite(coarse), g, 0.0)  # buckets outside both distributions: no gradient
-    grad = torch.softmax(x, dim=-1).mul_(-g.sum(-1, keepdim=True))
-    tail_lse = coarse[:, -1:] + lse
-    bucket = torch.where(torch.isfinite(tail_lse), (rest - tail_lse).exp_(), 0.0)
-    grad.addcmul_(bucket, g[:, -1:]).scatter_add_(1, sparse.ids, g[:, :-1])
+    total = g.sum(-1, keepdim=True)
+    per_tail = torch.where(tail > 0, g[:, -1:] / tail.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+    grad = q.mul_(per_tail - total).scatter_add_(1, sparse.ids, g[:, :-1] - q_top * total)
     if isinstance(temp, Tensor):
         grad.div_(temp.unsqueeze(1))
     elif temp != 1.0:

@@ -28,13 +28,19 @@ def test_official_script_names_exist():
 
 
 def settings(script: Path) -> list[str]:
-    """The assignment lines of the settings block: from the first assignment to the first blank line."""
+    """The assignment lines of the settings block: from the first assignment to the first blank line;
+    a family script that sources another training script (the TinyLLaMA recipe) adds its settings."""
     lines = []
-    for line in script.read_text().splitlines():
+    text = script.read_text()
+    for line in text.splitlines():
         if re.match(r"^[A-Z_]+=", line):
             lines.append(line)
         elif lines and not line.strip():
             break
+    recipe = re.search(r'^source "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/\.\./(tinyllama/\w+\.sh)"$', text, re.M)
+    if recipe:
+        own = {line.split("=", 1)[0] for line in lines}
+        lines += [line for line in settings(script.parents[1] / recipe.group(1)) if line.split("=", 1)[0] not in own]
     return lines
 
 

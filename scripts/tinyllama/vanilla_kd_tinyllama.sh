@@ -20,7 +20,7 @@ CKPT_PATH=${CKPT_PATH:-${BASE_PATH}/model_hub/${CKPT_TYPE}/${CKPT_NAME}}
 TEACHER_MODEL_TYPE=${TEACHER_MODEL_TYPE:-llama2}
 TEACHER_MODEL_NAME=${TEACHER_MODEL_NAME:-llama2-7b-hf}
 TEACHER_MODEL_PATH=${TEACHER_MODEL_PATH:-${BASE_PATH}/model_hub/${TEACHER_MODEL_TYPE}/${TEACHER_MODEL_NAME}}
-TEACHER_PEFT_PATH=${TEACHER_PEFT_PATH:-}   # the teacher's LoRA adapter: a checkpoint of sft_teacher_llama2.sh
+TEACHER_PEFT_PATH=${TEACHER_PEFT_PATH:-}   # the teacher's LoRA adapter: a checkpoint of the family's sft_teacher_*.sh
 # data
 DATA_DIR=${DATA_DIR:-${BASE_PATH}/data/dolly/}
 DEV_NUM=${DEV_NUM:-1000}
@@ -68,7 +68,7 @@ SEED=${SEED:-10}
 EXTRA_OPTS=${EXTRA_OPTS:-}
 
 if [ -z "${TEACHER_PEFT_PATH}" ] && [ -z "${TEACHER_CACHE}" ]; then
-    echo "set TEACHER_PEFT_PATH to the teacher's LoRA adapter (a checkpoint of scripts/tinyllama/sft_teacher_llama2.sh)" >&2
+    echo "set TEACHER_PEFT_PATH to the teacher's LoRA adapter (a checkpoint of the family's sft_teacher_*.sh, e.g. scripts/tinyllama/sft_teacher_llama2.sh)" >&2
     exit 2
 fi
 

@@ -37,10 +37,10 @@ def settings(script: Path) -> list[str]:
             lines.append(line)
         elif lines and not line.strip():
             break
-    recipe = re.search(r'^source "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/\.\./(tinyllama/\w+\.sh)"$', text, re.M)
-    if recipe:
+    recipe = re.search(r'^source "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/((?:\.\./)?[\w/.]+\.sh)"$', text, re.M)
+    if recipe and "launch" not in recipe.group(1):
         own = {line.split("=", 1)[0] for line in lines}
-        lines += [line for line in settings(script.parents[1] / recipe.group(1)) if line.split("=", 1)[0] not in own]
+        lines += [line for line in settings((script.parent / recipe.group(1)).resolve()) if line.split("=", 1)[0] not in own]
     return lines
 
 

@@ -48,6 +48,15 @@ AB_BETA=${AB_BETA:-}                       # ab_divergence (ABKD): --ab-beta (de
 OBJ_ARGS=${OBJ_ARGS:-}                     # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
 PLUGINS=${PLUGINS:-}                       # space-separated plug-in .py files or modules (one --plugin each), e.g. ones that register objectives
 TEACHER_CACHE=${TEACHER_CACHE:-}             # a teacher cache (scripts/*/cache_teacher_*.sh): distil from it, no teacher loaded
+ADAKD=${ADAKD:-0}                              # 1: AdaKD around KD_OBJ (token focusing + per-token temperatures), with:
+ADAKD_C=${ADAKD_C:-0.5}                        # IDTS: tau = KD_TEMP * exp(-c * tanh(log(score / median)))
+ADAKD_EMA=${ADAKD_EMA:-0.99}                   # LATF: EMA decay of the loss trend
+ADAKD_EPS=${ADAKD_EPS:-0.05}                   # LATF: loss-ratio threshold (AdaKD's --loss-ratio-eps)
+ADAKD_DELTA=${ADAKD_DELTA:-0.05}               # LATF: step of the focused-token ratio (AdaKD's --sample-ratio-eps)
+ADAKD_WARMUP=${ADAKD_WARMUP:-0.05}             # fraction of the optimizer steps before LATF adapts
+ADAKD_MIN_RATIO=${ADAKD_MIN_RATIO:-0.1}        # LATF: the smallest ratio of tokens kept for KD
+ADAKD_DIFFICULTY=${ADAKD_DIFFICULTY:-hellinger}   # token difficulty (AdaKD's --rule)
+ADAKD_TAG=${ADAKD_TAG:-$(if [ "${ADAKD}" = 1 ]; then echo "__adakd^c=${ADAKD_C}^eps=${ADAKD_EPS}^delta=${ADAKD_DELTA}^${ADAKD_DIFFICULTY}"; fi)}
 OBJ_TAG=${OBJ_TAG:-${TODI_BETA:+-todi^beta=${TODI_BETA}}${SKEW_LAMBDA:+-skew^lambda=${SKEW_LAMBDA}}${ADAPTIVE_KL_ALPHA:+-adaptive^kl^alpha=${ADAPTIVE_KL_ALPHA}}${GJSD_BETA:+-gjsd^beta=${GJSD_BETA}}${AB_ALPHA:+-ab^alpha=${AB_ALPHA}}${AB_BETA:+-ab^beta=${AB_BETA}}${OBJ_ARGS:+$(printf '%s' "${OBJ_ARGS}" | sed -E -e 's/^ +| +$//g' -e 's/ *--/-/g' -e 's/[ =]+/=/g' -e 's/([a-z])-([a-z])/\1^\2/g' -e 's/([a-z])-([a-z])/\1^\2/g')}}   # the parameters set above, in the run's name
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
@@ -61,7 +70,7 @@ LOG_INTERVAL=${LOG_INTERVAL:-50}
 EVAL_GEN_REPEAT=${EVAL_GEN_REPEAT:-3}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
 CONFIG=${CONFIG:-${KD_OBJ}${OBJ_TAG}-lora-rank=${LORA_RANK}-alpha=${LORA_ALPHA}-dropout=${LORA_DROPOUT}-${PRECISION}}
-SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__teacher=${TEACHER_MODEL_NAME}__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
+SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}${ADAKD_TAG}__teacher=${TEACHER_MODEL_NAME}__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
 SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
 # seed
 SEED=${SEED:-10}
@@ -88,4 +97,8 @@ OPTS+=" --peft lora"
 OPTS+=" --peft-lora-r ${LORA_RANK}"
 OPTS+=" --peft-lora-alpha ${LORA_ALPHA}"
 OPTS+=" --peft-lora-dropout ${LORA_DROPOUT}"
+if [ "${ADAKD}" = 1 ]; then
+    OPTS+=" --adakd --adakd-c ${ADAKD_C} --adakd-ema ${ADAKD_EMA} --adakd-eps ${ADAKD_EPS} --adakd-delta ${ADAKD_DELTA}"
+    OPTS+=" --adakd-warmup ${ADAKD_WARMUP} --adakd-min-ratio ${ADAKD_MIN_RATIO} --adakd-difficulty ${ADAKD_DIFFICULTY}"
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/../train_launch.sh"

@@ -357,3 +357,23 @@ def test_extreme_logits_are_as_accurate_as_the_reference(name, params):
     for got, ref, exact in ((val, ref_val, exact_val), (grad, ref_grad, exact_grad)):
         err, ref_err = (got.double() - exact).abs().max(), (ref.double() - exact).abs().max()
         assert err <= 3 * ref_err + 1e-6 * exact.abs().max(), (err.item(), ref_err.item())
+
+
+def test_todi_memory_at_gemma_vocabulary_262144():
+    """The default loss path's extra memory for ToDi at 262,144 entries (Gemma 3), in bytes: the
+    student's gradient (which any path must return) plus a few chunks, against the full-vocabulary
+    formulation that keeps a dozen N × V float32 tensors for autograd."""
+    n, v = 32, 262_144
+    g = torch.Generator().manual_seed(31)
+    s, t = torch.randn(n, v, generator=g) * 3, torch.randn(n, v, generator=g) * 3
+
+    def peak(impl):
+        leaf = s.clone().requires_grad_(True)
+        return peak_extra_bytes(lambda: divergence("ToDi", leaf, t, temperature=2.0, impl=impl).sum().backward(), "cpu")
+
+    default, full = peak("auto"), peak("reference")
+    grad_bytes = n * v * 4
+    assert full > 8 * grad_bytes
+    assert grad_bytes <= default < 2 * grad_bytes  # the gradient plus a few float32 chunks of 2 rows
+    assert default - grad_bytes < 0.1 * full  # beyond the gradient: a small fraction of the full formulation
+    assert default < full / 5

@@ -354,11 +354,30 @@ def build_student(
         # GPT-2 stores its projections transposed (Conv1D): tell peft instead of letting it guess
         transposed = any(isinstance(m, Conv1D) for m in model.modules())
         config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            fan_in_fan_out=transposed)
+                            fan_in_fan_out=transposed, target_modules=_lora_targets(model))
         model = get_peft_model(model, config)
     elif peft is not None:
         raise ValueError(f"unsupported peft method {peft!r} (supported: lora)")
     return model
+
+
+# The attention projections LoRA adapts when peft has no default for a model type (OLMo 2, for one)
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def _lora_targets(model) -> list[str] | None:
+    """None (peft's per-architecture default) where peft knows the model type, else the attention
+    projections the model has (the same choice peft makes for Llama-style models)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+    if model.config.model_type in defaults:
+        return None
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    found = [n for n in ATTENTION_PROJECTIONS if n in names]
+    if not found:
+        raise ValueError(f"--peft lora: peft has no default target modules for {model.config.model_type!r} and the "
+                         f"model has none of {', '.join(ATTENTION_PROJECTIONS)}")
+    return found
 
 
 def build_teacher(path: str | Path, *, dtype: torch.dtype, adapter_path: str | Path | None = None):

@@ -23,7 +23,7 @@ from torch import Tensor
 from todi import kernels
 from todi.kernels import IMPLEMENTATIONS
 from todi.labels import IGNORE_INDEX
-from todi.objectives import Temperature, canonical_name, get
+from todi.objectives import Temperature, canonical_name
 from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
 __all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
@@ -135,10 +135,9 @@ class DistillationLoss:
             raise ValueError("kd_rate > 0 needs a KD objective; use objective=None only with kd_rate=0 (SFT)")
         if impl not in IMPLEMENTATIONS:
             raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
-        if self.objective is not None:
-            get(self.objective).resolve(params)  # unknown or out-of-range parameters fail here
-        self.spec = kernels.LossSpec.make(self.objective, params) if self.objective is not None and kd_rate > 0 \
-            else kernels.LossSpec(None)
+        # unknown or out-of-range parameters fail here, with or without a teacher
+        spec = kernels.LossSpec.make(self.objective, params) if self.objective is not None else kernels.LossSpec(None)
+        self.spec = spec if kd_rate > 0 else kernels.LossSpec(None)
         self.kd_rate = float(kd_rate)
         self.temperature = float(temperature)
         self.impl = impl

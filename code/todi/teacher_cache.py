@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,15 +98,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
 @torch.no_grad()
 def teacher_targets(logits: Tensor, k: int, temperature: float) -> tuple[Tensor, Tensor]:
     """Top-k ids ``[N, k]`` (int64) and coarsened log-probabilities ``[N, k + 1]`` (float32) of
-    teacher logits ``[N, V]`` at ``temperature`` (the last column: the log-mass of the other entries)."""
+    teacher logits ``[N, V]`` at ``temperature`` (the last column: the log-mass of the other entries),
+    the same coarsening the loss applies to the student (:func:`todi.objectives.math.coarse_log_probs`)."""
     from todi.objectives import scaled_logits
+    from todi.objectives.math import coarse_log_probs
 
-    x = scaled_logits(logits, temperature)
-    log_p = torch.log_softmax(x, dim=-1)
-    k = min(k, log_p.shape[-1])
-    top, ids = log_p.topk(k, dim=-1)
-    rest = torch.logsumexp(log_p.scatter(-1, ids, -torch.inf), dim=-1, keepdim=True)
-    return ids, torch.cat([top, rest], dim=-1)
+    ids = scaled_logits(logits, temperature).topk(min(k, logits.shape[-1]), dim=-1).indices
+    return ids, coarse_log_probs(logits, ids, temperature)
 
 
 # ---- building ----------------------------------------------------------------------------------
@@ -123,8 +122,6 @@ def write_meta(root: Path, settings: CacheSettings, fingerprint: dict, overwrite
                              "directory, or --overwrite to start over")
         if not differ:
             return
-        import shutil
-
         shutil.rmtree(root / "parts", ignore_errors=True)
         (root / "complete.json").unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)

@@ -92,7 +92,7 @@ def _kd_chunk(spec: LossSpec, xs: Tensor, xt: Tensor, temp, want_diagnostics: bo
 @torch.no_grad()
 def diagnostics(spec: LossSpec, inp: LossInputs) -> dict[str, Tensor]:
     """Only the objective's diagnostics (name → float32 ``[N]``, 0 off ``kd_mask``), a chunk at a time
-    (for backends that do not compute them)."""
+    (for backends that do not compute them: the Triton one; sparse targets always run here)."""
     n = inp.student.shape[0]
     out = {name: torch.zeros(n, dtype=torch.float32, device=inp.student.device) for name in spec.diagnostics}
     rows = inp.kd_mask.nonzero().squeeze(1)
@@ -100,11 +100,6 @@ def diagnostics(spec: LossSpec, inp: LossInputs) -> dict[str, Tensor]:
     for begin in range(0, rows.numel(), step):
         idx = rows[begin : begin + step]
         xs = inp.student.index_select(0, idx)[:, : inp.vocab].float()
-        if inp.sparse is not None:  # the coarsened distributions
-            s, t, keep = _coarse(xs, inp.sparse.select(idx), take_rows(inp.temperature, idx))
-            for name, value in _chunk_diagnostics(spec, s, t, keep).items():
-                out[name].index_copy_(0, idx, value)
-            continue
         xt = inp.teacher.index_select(0, idx)[:, : inp.vocab].float()
         s, t, _, keep = _log_probs(xs, xt, take_rows(inp.temperature, idx))
         for name, value in _chunk_diagnostics(spec, s, t, keep).items():
@@ -135,14 +130,6 @@ class _Chunk:
             self.valid = self.labels.ne(inp.ignore_index)
             self.safe = torch.where(self.valid, self.labels, 0).unsqueeze(1)
             self.ce_col = torch.where(self.valid, inp.ce_weight, 0.0).unsqueeze(1)  # the CE weight of each row
-
-
-def _coarse(xs: Tensor, sparse, temp):
-    """(s, t, keep) of the coarsened student and teacher distributions ``[C, k + 1]``."""
-    from todi.objectives.math import coarse_log_probs
-
-    student = coarse_log_probs(xs, sparse.ids, temp)
-    return log_probs(student, retemper_log_probs(sparse.log_probs.float(), sparse.temperature, temp), 1.0)
 
 
 def sparse_kd_chunk(spec: LossSpec, xs: Tensor, sparse, temp, weight: Tensor, want_diagnostics: bool):

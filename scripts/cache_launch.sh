@@ -19,20 +19,6 @@ OPTS+=" ${EXTRA_OPTS:-}"
 export CUDA_VISIBLE_DEVICES=${GPUS}
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "${CACHE_DIR}"
-LOG_FILE="${CACHE_DIR}/cache.log"
-if [ "${NODE_RANK:-0}" != 0 ]; then
-    LOG_FILE="${CACHE_DIR}/cache-node${NODE_RANK}.log"
-fi
-# a failing rank's cause comes last, after torchrun's report (code/todi/failures.py, as in train_launch.sh)
-export TODI_ERROR_DIR="${CACHE_DIR}/.failures"
-rm -f "${TODI_ERROR_DIR}"/rank*.txt
-CMD="torchrun --nproc_per_node ${NPROC} --nnodes ${NNODES} --node_rank ${NODE_RANK} --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT} ${BASE_PATH}/code/cache_teacher.py ${OPTS}"
-echo "${CMD}" | tee -a "${LOG_FILE}"
-status=0
-${CMD} 2>&1 | tee -a "${LOG_FILE}" || status=$?
-if [ "${status}" -ne 0 ]; then
-    python3 "${BASE_PATH}/code/todi/failures.py" "${TODI_ERROR_DIR}" "teacher cache (node ${NODE_RANK})" "${status}" 2>&1 \
-        | tee -a "${LOG_FILE}" >&2 || true
-    exit "${status}"
-fi
-rmdir "${TODI_ERROR_DIR}" 2>/dev/null || true
+source "$(dirname "${BASH_SOURCE[0]}")/torchrun_launch.sh"
+# shellcheck disable=SC2086   # OPTS is a list of flags
+launch_torchrun "${BASE_PATH}/code/cache_teacher.py" "${CACHE_DIR}" cache "teacher cache" ${OPTS}

@@ -78,23 +78,6 @@ export CUDA_VISIBLE_DEVICES=${GPUS}
 export WANDB_DISABLED=True
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "${SAVE_PATH}"
-# The log: train.log; on a node other than the first (NODE_RANK > 0, same SAVE_PATH on shared storage)
-# train-node<NODE_RANK>.log, so that two nodes never write into one file.
-LOG_FILE="${SAVE_PATH}/train.log"
-if [ "${NODE_RANK:-0}" != 0 ]; then
-    LOG_FILE="${SAVE_PATH}/train-node${NODE_RANK}.log"
-fi
-# A failing rank writes its cause (one "error:" line) to ${TODI_ERROR_DIR}/rank<R>.txt (code/todi/failures.py);
-# after torchrun's report, the earliest cause (of any node, on shared storage) is printed as the last lines.
-export TODI_ERROR_DIR="${SAVE_PATH}/.failures"
-rm -f "${TODI_ERROR_DIR}"/rank*.txt
-CMD="torchrun --nproc_per_node ${NPROC} --nnodes ${NNODES} --node_rank ${NODE_RANK} --master_addr ${MASTER_ADDR} --master_port ${MASTER_PORT} ${BASE_PATH}/code/distillation.py ${OPTS}"
-echo "${CMD}" | tee -a "${LOG_FILE}"
-status=0
-${CMD} 2>&1 | tee -a "${LOG_FILE}" || status=$?
-if [ "${status}" -ne 0 ]; then
-    python3 "${BASE_PATH}/code/todi/failures.py" "${TODI_ERROR_DIR}" "training (node ${NODE_RANK})" "${status}" 2>&1 \
-        | tee -a "${LOG_FILE}" >&2 || true
-    exit "${status}"
-fi
-rmdir "${TODI_ERROR_DIR}" 2>/dev/null || true
+source "$(dirname "${BASH_SOURCE[0]}")/torchrun_launch.sh"
+# shellcheck disable=SC2086   # OPTS is a list of flags
+launch_torchrun "${BASE_PATH}/code/distillation.py" "${SAVE_PATH}" train training ${OPTS}

@@ -5,8 +5,8 @@ A failure on bad input ends with one ``cache_teacher.py: error: <cause>`` line a
 
 import sys
 
-from todi.cache_run import main
-from todi.failures import run_entry_point
+from todi.cache.cli import main
+from todi.util.failures import run_entry_point
 
 if __name__ == "__main__":
     sys.exit(run_entry_point(main, prog="cache_teacher.py"))

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from todi.data import DataError
-from todi.distributed import init_distributed
-from todi.failures import fail, run_entry_point
-from todi.ds_config import PRECISIONS
-from todi.evaluation import EvalSet, base_model_of_adapter, evaluate_sets
-from todi.generation import SamplingConfig
+from todi.data.instructions import DataError
+from todi.util.distributed import init_distributed
+from todi.util.failures import fail, run_entry_point
+from todi.util.ds_config import PRECISIONS
+from todi.evaluation.sets import EvalSet, base_model_of_adapter, evaluate_sets
+from todi.generation.sampling import SamplingConfig
 from todi.models import load_model, load_tokenizer
 
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         code = fail(f"error: {e}")
     else:
         code = 0
-    # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.failures)
+    # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.util.failures)
     dist = torch.distributed
     if dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
         dist.destroy_process_group()

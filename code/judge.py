@@ -19,11 +19,11 @@ import os
 import sys
 from pathlib import Path
 
-from todi.atomic import atomic_write_text
-from todi.judge import JudgeConfig, VerdictCache, build_jobs, estimate, make_client, run_jobs, tally
-from todi.judge_inputs import JudgeError, load_pairs
-from todi.judge_stats import plot, summary_rows, to_csv, to_markdown
-from todi.results import method_name
+from todi.util.atomic import atomic_write_text
+from todi.judge.client import JudgeConfig, VerdictCache, build_jobs, estimate, make_client, run_jobs, tally
+from todi.judge.inputs import JudgeError, load_pairs
+from todi.judge.stats import plot, summary_rows, to_csv, to_markdown
+from todi.evaluation.results import method_name
 
 # GPT-4 (8k context) list prices, US$ per 1,000 tokens; pass today's prices for another judge
 PRICE_PROMPT_1K = 0.03

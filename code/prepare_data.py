@@ -14,9 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from todi.data import DataError
-from todi.failures import fail, run_entry_point
-from todi.prepare import DATASETS, SOURCES, PrepareError, download_raw_files, find_raw_files, prepare
+from todi.data.instructions import DataError
+from todi.util.failures import fail, run_entry_point
+from todi.data.prepare import DATASETS, SOURCES, PrepareError, download_raw_files, find_raw_files, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from todi.atomic import atomic_write_text
-from todi.curves import DEFAULT_FIELDS, CurveError, load_runs, parse_fields, plot_curves, summary
-from todi.results import METRICS, ResultError, collect, plot, summarize, to_csv, to_markdown
+from todi.util.atomic import atomic_write_text
+from todi.evaluation.curves import DEFAULT_FIELDS, CurveError, load_runs, parse_fields, plot_curves, summary
+from todi.evaluation.results import METRICS, ResultError, collect, plot, summarize, to_csv, to_markdown
 
 
 def main(argv=None) -> int:

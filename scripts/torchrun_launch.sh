@@ -3,7 +3,7 @@
 #   launch_torchrun ENTRY RUN_DIR LOG_NAME WHAT ARGS...
 # The output goes to the terminal and to RUN_DIR/LOG_NAME.log (RUN_DIR/LOG_NAME-node<N>.log on a node
 # other than the first, so that nodes sharing RUN_DIR never write into one file). A failing rank
-# writes its cause (one "error:" line) to RUN_DIR/.failures/rank<R>.txt (code/todi/failures.py);
+# writes its cause (one "error:" line) to RUN_DIR/.failures/rank<R>.txt (code/todi/util/failures.py);
 # after torchrun's report the earliest cause of any node is printed as the last lines, and the
 # shell exits with torchrun's status.
 # shellcheck shell=bash disable=SC2154   # the variables come from the sourcing script
@@ -21,7 +21,7 @@ launch_torchrun() {
     local status=0
     ${cmd} 2>&1 | tee -a "${log_file}" || status=$?
     if [ "${status}" -ne 0 ]; then
-        python3 "${BASE_PATH}/code/todi/failures.py" "${TODI_ERROR_DIR}" "${what} (node ${NODE_RANK})" "${status}" 2>&1 \
+        python3 "${BASE_PATH}/code/todi/util/failures.py" "${TODI_ERROR_DIR}" "${what} (node ${NODE_RANK})" "${status}" 2>&1 \
             | tee -a "${log_file}" >&2 || true
         exit "${status}"
     fi

@@ -34,8 +34,8 @@ def inputs():
 def summarize(name, params, impl):
     """{"values": per-position divergence at T=2, "values_t": with per-position T, "grad": the
     projected gradient, "loss": the criterion's CE+KD sum, "loss_grad": its projected gradient}."""
-    from todi.criterion import DistillationLoss
-    from todi.divergences import divergence
+    from todi.loss.criterion import DistillationLoss
+    from todi.loss.divergence import divergence
 
     s, t, labels, temperature, projection = inputs()
     out = {}

@@ -82,9 +82,9 @@ def first_step_loss(student, data_dir, *, teacher=None, objective=None, kd_rate=
                     batch_size=2, grad_accum=2, world_size=1, seed=10, max_length=64, max_prompt_length=48,
                     train_num=-1, teacher_adapter=None, group_by_length=False) -> float:
     """The loss of the first optimizer step, per response token, computed outside the trainer."""
-    from todi.batching import epoch_plan
-    from todi.criterion import DistillationLoss
-    from todi.data import Collator, load_split
+    from todi.data.batching import epoch_plan
+    from todi.loss.criterion import DistillationLoss
+    from todi.data.instructions import Collator, load_split
     from todi.models import load_model, load_tokenizer
 
     tok = load_tokenizer(student)

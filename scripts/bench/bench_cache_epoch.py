@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "code"))
 
-from todi.atomic import atomic_write_text  # noqa: E402
+from todi.util.atomic import atomic_write_text  # noqa: E402
 
 STUDENT = dict(n_layer=2, n_embd=64, n_head=2)  # GPT-2 base, scaled down
 TEACHER = dict(n_layer=4, n_embd=512, n_head=8)  # ~12× the student's FLOPs per token (lm_head included)

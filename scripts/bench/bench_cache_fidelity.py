@@ -21,14 +21,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "code"))
 
-from todi.atomic import atomic_write_text  # noqa: E402
-from todi.criterion import DistillationLoss  # noqa: E402
-from todi.data import Collator, load_split  # noqa: E402
+from todi.util.atomic import atomic_write_text  # noqa: E402
+from todi.loss.criterion import DistillationLoss  # noqa: E402
+from todi.data.instructions import Collator, load_split  # noqa: E402
 from todi.kernels import SparseTargets  # noqa: E402
 from todi.models import load_model, load_tokenizer  # noqa: E402
 from todi.objectives import all_objectives  # noqa: E402
-from todi.plugins import load_plugins  # noqa: E402
-from todi.teacher_cache import DTYPES, teacher_targets  # noqa: E402
+from todi.util.plugins import load_plugins  # noqa: E402
+from todi.cache.store import DTYPES, teacher_targets  # noqa: E402
 
 
 @torch.no_grad()

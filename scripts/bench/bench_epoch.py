@@ -76,7 +76,7 @@ def prepare_data(args, out: Path, global_batch: int) -> tuple[Path, int]:
 
 
 def mean_tokens_per_example(student: Path, data: Path, max_length: int, max_prompt_length: int) -> float:
-    from todi.data import load_split
+    from todi.data.instructions import load_split
     from todi.models import load_tokenizer
 
     split = load_split(data / "train.jsonl", load_tokenizer(student), max_length=max_length,

@@ -1,4 +1,4 @@
-"""Evaluation throughput: todi.generation.generate() against the official way of generating.
+"""Evaluation throughput: todi.generation.sampling.generate() against the official way of generating.
 
     python scripts/bench/bench_generate.py --model-config model_hub/gpt2/gpt2-base \\
         --tokenizer model_hub/gpt2/gpt2-base --data data/dolly/valid.jsonl --num-prompts 500 \\
@@ -10,7 +10,7 @@ batch size and sampling settings (top_k 0, top_p 1.0, temperature 1.0, no_repeat
 * official: as DSKD/ToDi's evaluate_main.py: prompts in dataset order, each tokenised and left-padded
   to max_prompt_length, HF ``generate(do_sample=True)`` with max_length − max_prompt_length new
   tokens, ``return_dict_in_generate`` and ``output_scores`` on (its loss pass is left out);
-* ours: ``todi.generation.generate`` (batches of similar prompt length, per-example seeded sampling).
+* ours: ``todi.generation.sampling.generate`` (batches of similar prompt length, per-example seeded sampling).
 
 Prints examples/s of both and their ratio, and writes everything as JSON. ``--extra-batch-sizes``
 also times ours at other batch sizes (our answers do not depend on the batch size, so a larger batch
@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "code"))
 
-from todi.data import read_jsonl  # noqa: E402
-from todi.ds_config import PRECISIONS  # noqa: E402
-from todi.generation import SamplingConfig, generate  # noqa: E402
+from todi.data.instructions import read_jsonl  # noqa: E402
+from todi.util.ds_config import PRECISIONS  # noqa: E402
+from todi.generation.sampling import SamplingConfig, generate  # noqa: E402
 from todi.models import load_tokenizer  # noqa: E402
 
 

@@ -12,8 +12,8 @@ divergence's KL limits). For each case and size (tokens × vocabulary), one forw
   autograd, its quirks included: JS with 1e-9 inside the logs, TVD's softmax in the input dtype,
   AKL's 0/0), re-implemented here as the baseline, for the official eight objectives only;
 * ``reference``: the registry's plain terms under autograd (:func:`todi.objectives.evaluate`);
-* ``chunked`` and ``triton``: :func:`todi.kernels.per_row_loss` (``--chunk-size`` fixes the
-  chunked kernel's rows per chunk; default: :func:`todi.kernels.chunking.rows_per_chunk`);
+* ``chunked`` and ``triton``: :func:`todi.kernels.autograd` (``--chunk-size`` fixes the
+  chunked kernel's rows per chunk; default: :func:`todi.kernels.rows.rows_per_chunk`);
   ``triton`` for the cases whose registry entry names a Triton branch;
 * ``compile``: ``torch.compile`` of the reference;
 * ``liger``: Liger-Kernel's fused (generalized) JSD (forward KL, reverse KL, JS and the generalized
@@ -51,7 +51,7 @@ from todi import kernels  # noqa: E402
 from todi.kernels import LossInputs, LossSpec, triton_available  # noqa: E402
 from todi.kernels.profiling import peak_extra_bytes  # noqa: E402
 from todi.objectives import all_objectives, canonical_name, evaluate, get  # noqa: E402
-from todi.plugins import load_plugins  # noqa: E402
+from todi.util.plugins import load_plugins  # noqa: E402
 
 GIB = 1024**3
 IMPLS = ("official", "reference", "chunked", "triton", "compile", "liger")
@@ -153,7 +153,7 @@ def liger_beta(case: Case) -> float | None:
 
 
 def kernel_loss(impl: str, spec: LossSpec, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Per-row divergence through :func:`todi.kernels.per_row_loss` (KD only: no labels, CE weight 0)."""
+    """Per-row divergence through :func:`todi.kernels.autograd` (KD only: no labels, CE weight 0)."""
     s, t = kernels.flatten_rows(student), kernels.flatten_rows(teacher)
     n = s.shape[0]
     inputs = LossInputs(student=s, teacher=t, vocab=s.shape[1], labels=None,
@@ -303,8 +303,8 @@ def sweep(args, cases: list[Case], device) -> None:
     least mean of each time over the best time of its size and case). Sweep at 8192 tokens or
     more: on an H100 one call at 2048 tokens is bound by the host's per-call overhead (Python,
     autograd)."""
-    from todi.kernels import triton_backend as kernel
-    from todi.kernels.triton_backend import KernelConfig
+    from todi.kernels import triton as kernel
+    from todi.kernels.triton import KernelConfig
 
     if not (device.type == "cuda" and triton_available()):
         raise SystemExit("--sweep needs CUDA and triton")
@@ -413,7 +413,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab", default=None, help="comma-separated vocabulary sizes (default 32000,50257,151936)")
     parser.add_argument("--impls", default=None, help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument("--chunk-size", type=int, default=None,
-                        help="rows per chunk of the chunked kernel (default: sized by todi.kernels.chunking)")
+                        help="rows per chunk of the chunked kernel (default: sized by todi.kernels.rows)")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default=None, help="logits dtype (default bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--tiny", action="store_true", help="CPU-sized run: 512 tokens x 8000 vocab")

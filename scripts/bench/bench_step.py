@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "code"))
 
 import torch  # noqa: E402
 
-from todi.criterion import DistillationLoss  # noqa: E402
-from todi.divergences import DIVERGENCES, canonical_name  # noqa: E402
-from todi.fused_head import fused_student_loss  # noqa: E402
+from todi.loss.criterion import DistillationLoss  # noqa: E402
+from todi.loss.divergence import DIVERGENCES, canonical_name  # noqa: E402
+from todi.models.fused_head import fused_student_loss  # noqa: E402
 from todi.kernels.profiling import peak_extra_bytes  # noqa: E402
 
 GIB = 1024**3

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole pipeline on a laptop CPU in a few minutes (`make demo`): builds a small instruction
-# dataset, a tokenizer and tiny random GPT-2 models (python -m todi.demo, no downloads), fine-tunes
+# dataset, a tokenizer and tiny random GPT-2 models (python -m todi.tools.demo, no downloads), fine-tunes
 # the teacher, distils the student with KD_OBJ (and trains the same student with plain SFT for
 # comparison), evaluates ROUGE-L on the demo's test set and prints a table. Training goes through
 # the paper's scripts (scripts/gpt2/*.sh) with environment overrides; evaluation through
@@ -46,7 +46,7 @@ fi
 rm -rf "${DEMO_DIR}"
 mkdir -p "${DEMO_DIR}" && touch "${DEMO_DIR}/.todi-demo"
 say "building the demo data, tokenizer and models in ${DEMO_DIR}"
-PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.demo "${DEMO_DIR}" \
+PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.tools.demo "${DEMO_DIR}" \
     --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid "${NUM_VALID}"
 
 # what every training run shares (the paper's scripts read these from the environment)

@@ -31,7 +31,7 @@ for set in ${EVAL_SETS}; do
     else
         LAUNCH=(torchrun --standalone --nproc_per_node "${NPROC}")
     fi
-    # a failing rank records its cause there (code/todi/failures.py); printed last, after torchrun's report
+    # a failing rank records its cause there (code/todi/util/failures.py); printed last, after torchrun's report
     TODI_ERROR_DIR=$(mktemp -d)
     export TODI_ERROR_DIR
     status=0
@@ -45,7 +45,7 @@ for set in ${EVAL_SETS}; do
         --save-dir "${EVAL_OUT}" || status=$?
     if [[ ${status} -ne 0 ]]; then
         if [[ ${NPROC} -ne 1 ]]; then
-            python3 "${BASE_PATH}/code/todi/failures.py" "${TODI_ERROR_DIR}" "evaluation of ${set}" "${status}" >&2 || true
+            python3 "${BASE_PATH}/code/todi/util/failures.py" "${TODI_ERROR_DIR}" "evaluation of ${set}" "${status}" >&2 || true
         fi
         rm -rf "${TODI_ERROR_DIR}"
         exit "${status}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The toy study of the objectives (todi.study): a low-rank student fitted to fixed teacher
+# The toy study of the objectives (todi.tools.study): a low-rank student fitted to fixed teacher
 # distributions with each of the eight objectives and with AdaKD on FKL, RKL and ToDi.
 # CPU only, a few minutes at most; writes $OUT/study.md and $OUT/study.png and prints the table.
 set -euo pipefail
@@ -17,5 +17,5 @@ WORKERS=${WORKERS:-}   # empty: one worker process per usable CPU core
 
 # this checkout's package, whatever is installed
 export PYTHONPATH="${ROOT}/code${PYTHONPATH:+:${PYTHONPATH}}"
-python3 -m todi.study --out "${OUT}" --vocab "${VOCAB}" --contexts "${CONTEXTS}" --rank "${RANK}" \
+python3 -m todi.tools.study --out "${OUT}" --vocab "${VOCAB}" --contexts "${CONTEXTS}" --rank "${RANK}" \
     --steps "${STEPS}" --lr "${LR}" --teacher-entropy "${TEACHER_ENTROPY}" --seed "${SEED}" ${WORKERS:+--workers "${WORKERS}"}

@@ -6,7 +6,7 @@ Implementations (``impl``):
 * ``"chunked"``: pure torch, a chunk of positions at a time, the gradient with respect to the
   student logits computed during the forward; only per-position values and that gradient are
   kept (:mod:`todi.kernels.chunked`). Runs every registered objective; default on CPU.
-* ``"triton"``: CUDA kernels with an online log-sum-exp (:mod:`todi.kernels.triton_backend`;
+* ``"triton"``: CUDA kernels with an online log-sum-exp (:mod:`todi.kernels.triton`;
   launch settings from ``TODI_TRITON_CONFIG=warps,vectors,programs_per_sm[,stages]`` when set),
   for the objectives whose registry entry names a Triton branch.
 * ``"auto"``: triton for CUDA tensors when triton imports and the objective has a branch, else
@@ -23,7 +23,7 @@ The chunked and Triton paths return the reference's values and its autograd grad
 student logits. They do not differentiate with respect to the teacher logits or a temperature
 tensor: when either requires grad, the reference runs instead (same results, reference memory).
 A second backward through the same output is an error (the gradient buffer is freed after the
-first one). This package imports only :mod:`todi.objectives` (and :mod:`todi.labels`).
+first one). This package imports only :mod:`todi.objectives` (and :mod:`todi.util.labels`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 from todi.kernels.fused_linear import fused_linear_loss
-from todi.kernels.per_row_loss import PerRowLoss, per_row_loss, reference_loss
-from todi.kernels.spec import LossInputs, LossSpec, SparseTargets
+from todi.kernels.autograd import PerRowLoss, per_row_loss, reference_loss
+from todi.kernels.rows import LossInputs, LossSpec, SparseTargets
 
 __all__ = [
     "IMPLEMENTATIONS",

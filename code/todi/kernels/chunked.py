@@ -4,7 +4,7 @@ Only rows with a loss term are visited. For each chunk the divergence, the cross
 gradient of their weighted sum with respect to the student logits are computed in float32; the
 gradient is written into one ``[N, V_s]`` buffer in the student's dtype and nothing else of size
 V outlives the chunk. The float32 temporaries are a few ``chunk × V`` tensors, with the chunk sized
-by :func:`todi.kernels.chunking.rows_per_chunk`, so the extra memory is the gradient buffer plus a
+by :func:`todi.kernels.rows.rows_per_chunk`, so the extra memory is the gradient buffer plus a
 small constant, instead of the reference's dozen ``N × V`` float32 tensors kept for autograd.
 
 Gradient of per-entry terms f(s, t) summed over the kept entries, with s = log_softmax(z_s):
@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from todi.kernels.chunking import rows_per_chunk
-from todi.kernels.spec import BackendOutput, LossInputs, LossSpec, take_rows
+from todi.kernels.rows import rows_per_chunk
+from todi.kernels.rows import BackendOutput, LossInputs, LossSpec, take_rows
 from todi.objectives import Objective, log_probs, scaled_logits, sum_entries
 from todi.objectives.math import retemper_log_probs
 

@@ -8,7 +8,7 @@ one chunk of rows at a time. Rows without a loss term are skipped. Peak extra me
 ``chunk × V`` logits and their gradient, plus the weight's gradient (float32 ``[V, H]``).
 
 Swapping this into a Hugging Face / peft / DeepSpeed model is model surgery and lives above the
-kernels, in :mod:`todi.fused_head`.
+kernels, in :mod:`todi.models.fused_head`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from todi.kernels.chunking import FUSED_HEAD_FACTOR, rows_per_chunk
-from todi.kernels.per_row_loss import PerRowLoss, backend_forward, check_labels
-from todi.kernels.spec import LossInputs, LossSpec
+from todi.kernels.rows import FUSED_HEAD_FACTOR, rows_per_chunk
+from todi.kernels.autograd import PerRowLoss, backend_forward, check_labels
+from todi.kernels.rows import LossInputs, LossSpec
 
 __all__ = ["fused_linear_loss"]
 

@@ -1,0 +1,1 @@
+"""Instruction data: reading and tokenizing, batching, preparing the evaluation sets."""

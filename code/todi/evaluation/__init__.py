@@ -1,0 +1,1 @@
+"""Evaluation: ROUGE-L, eval sets x seeds, dev evaluation, results tables, curves."""

@@ -1,0 +1,124 @@
+"""Generation evaluation of one checkpoint: sets × seeds → answers, scores and result files.
+
+Every rank runs :func:`evaluate_sets` with the same arguments; :func:`todi.generation.sampling.generate`
+splits the examples between ranks and hands every rank all answers, and rank 0 scores them and
+writes ``<out_dir>/<set>/seed<seed>/{answers.jsonl,metrics.json}`` (see :mod:`todi.evaluation.results`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from todi.data.instructions import DataError, read_jsonl
+from todi.generation.sampling import SamplingConfig, generate
+from todi.evaluation.rouge import compute_metrics
+from todi.evaluation.results import check_set_name, write_result
+
+__all__ = ["EvalSet", "base_model_of_adapter", "evaluate_sets", "load_eval_set"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """An evaluation set: its name (the output sub-folder, e.g. ``sinst/11_``) and its JSONL file."""
+
+    name: str
+    path: Path
+
+    def __post_init__(self):
+        check_set_name(self.name)
+
+
+def load_eval_set(path: str | Path, data_num: int = -1) -> tuple[list[str], list[list[str]]]:
+    """Prompts and reference lists of a set's JSONL file (``output`` a string or a list of strings),
+    capped at its first ``data_num`` examples when ``data_num >= 0``."""
+    records = read_jsonl(path)
+    if data_num >= 0:
+        records = records[:data_num]
+    prompts = [r["prompt"] for r in records]
+    references = [[r["output"]] if isinstance(r["output"], str) else list(r["output"]) for r in records]
+    return prompts, references
+
+
+def base_model_of_adapter(adapter_dir: str | Path) -> Path:
+    """The base model a LoRA adapter was trained on, from its ``adapter_config.json``.
+
+    A relative path is tried against the working directory, then the repository root.
+    """
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: no such file (is {adapter_dir} a LoRA adapter directory?)")
+    try:
+        name = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except json.JSONDecodeError as e:
+        raise DataError(f"{config_path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not name:
+        raise DataError(f"{config_path}: no 'base_model_name_or_path'; give the base model with --model-path / MODEL_PATH")
+    for candidate in (Path(name), REPO_ROOT / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{config_path}: base model {name!r} is not a directory here; give it with --model-path / MODEL_PATH"
+    )
+
+
+def evaluate_sets(
+    model,
+    tokenizer,
+    sets: Sequence[EvalSet],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    config: SamplingConfig = SamplingConfig(),
+    *,
+    batch_size: int = 32,
+    data_num: int = -1,
+    rank: int = 0,
+    world_size: int = 1,
+    info: dict | None = None,
+    log=print,
+) -> list[dict]:
+    """Generate, score and write every (set, seed); returns the metrics records (rank 0; others get []).
+
+    ``info`` (e.g. model paths, dtype) is stored in each metrics.json next to the scores and the
+    sampling settings. Only rank 0 writes files and logs.
+    """
+    records = []
+    for eval_set in sets:
+        prompts, references = load_eval_set(eval_set.path, data_num)
+        if not prompts:
+            raise DataError(f"{eval_set.path}: no examples to evaluate (data_num={data_num})")
+        for seed in seeds:
+            start = time.perf_counter()
+            predictions = generate(
+                model, tokenizer, prompts, config, seed=seed, batch_size=batch_size,
+                rank=rank, world_size=world_size, progress=rank == 0,
+            )
+            seconds = time.perf_counter() - start
+            if rank != 0:
+                continue
+            scores = compute_metrics(predictions, references)
+            lengths = [len(ids) for ids in tokenizer(predictions, add_special_tokens=False)["input_ids"]]
+            record = {
+                **scores,
+                "num_examples": len(prompts),
+                "avg_answer_tokens": round(sum(lengths) / len(lengths), 2),
+                "generation_seconds": round(seconds, 2),
+                "examples_per_second": round(len(prompts) / seconds, 3) if seconds > 0 else None,
+                "data_file": str(eval_set.path),
+                "batch_size": batch_size,
+                "world_size": world_size,
+                "sampling": asdict(config),
+                **(info or {}),
+            }
+            where = write_result(out_dir, eval_set.name, seed, prompts, references, predictions, record)
+            records.append({"set": eval_set.name, "seed": seed, **record})
+            log(
+                f"{eval_set.name} seed {seed}: rougeL {scores['rougeL']:.4f}  exact_match {scores['exact_match']:.4f}  "
+                f"({len(prompts)} examples, {record['avg_answer_tokens']} tokens/answer, {seconds:.1f} s) -> {where}"
+            )
+    return records

@@ -1,0 +1,1 @@
+"""Sampling answers: the seeded HF sampler (the reference)."""

@@ -1,0 +1,1 @@
+"""Pairwise LLM-as-judge: inputs, client, statistics."""

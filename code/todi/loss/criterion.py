@@ -1,0 +1,282 @@
+"""The training loss: (1 − kd_rate)·CE + kd_rate·KD over response tokens.
+
+The criterion returns *sums* over the response tokens of a micro-batch and their count. The trainer
+divides by the number of response tokens of the whole optimizer step (all gradient-accumulation
+micro-batches on all data-parallel ranks), as the official ToDi/DSKD code does, so that every
+response token of a step weighs the same however the batch is split. :func:`loss_scale` gives the
+factor that does this under DeepSpeed, which itself divides by the accumulation steps and averages
+gradients over ranks.
+
+Labels are aligned with the logits (``labels[..., i]`` is the target of ``logits[..., i, :]``; the
+data pipeline shifts them) and ``ignore_index`` marks prompt and padding positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from todi import kernels
+from todi.kernels import IMPLEMENTATIONS
+from todi.util.labels import IGNORE_INDEX
+from todi.objectives import Temperature, canonical_name
+from todi.objectives.math import coarse_log_probs, retemper_log_probs
+
+__all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
+
+
+@dataclass
+class LossOutput:
+    """What one micro-batch contributes.
+
+    loss: scalar float32, the summed loss over response tokens (differentiable).
+    num_tokens: scalar int64, the number of response tokens.
+    stats: detached float32 scalars, each a *sum* over response tokens, to be reduced by the caller:
+        ``ce`` (cross-entropy), ``kd`` (the weighted divergence as it enters the loss),
+        ``correct`` (argmax hits); with a teacher also ``kd_tokens`` (positions with a KD term),
+        plus what a token planner (AdaKD) adds.
+    diagnostics: with ``diagnostics=True``, the objective's named diagnostics (its registry
+        entry, e.g. ``todi_alpha``), each a sum over the KD positions (divide by ``kd_tokens``).
+    """
+
+    loss: Tensor
+    num_tokens: Tensor
+    stats: dict[str, Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class KDPlan:
+    """Which positions get a KD term, at which temperature, with which weight.
+
+    mask: bool ``[...]``, a subset of the response positions.
+    temperature: a float, or a tensor ``[...]`` (per-position temperatures).
+    weight: optional float32 ``[...]`` multiplying each position's divergence (e.g. τ²).
+    stats: detached scalars for logging, summed over micro-batches by the trainer.
+    """
+
+    mask: Tensor
+    temperature: Temperature
+    weight: Tensor | None = None
+    stats: dict[str, Tensor] = field(default_factory=dict)
+
+
+class TokenPlanner(Protocol):
+    """Decides the KD plan of a micro-batch (implemented by :class:`todi.loss.adakd.AdaKD`)."""
+
+    def plan(
+        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float, *, labels: Tensor
+    ) -> KDPlan: ...
+
+
+def loss_scale(global_tokens: Tensor | int, grad_accum_steps: int, world_size: int) -> Tensor | float:
+    """Factor that turns a micro-batch's summed loss into its share of the per-token mean.
+
+    DeepSpeed divides each micro-batch loss by ``grad_accum_steps`` and data parallelism averages
+    gradients over ``world_size`` ranks, so the summed loss is multiplied by
+    ``grad_accum_steps · world_size / global_tokens``. A step without response tokens gets a finite
+    factor (its loss is 0 anyway).
+    """
+    if isinstance(global_tokens, Tensor):
+        return (grad_accum_steps * world_size) / global_tokens.clamp_min(1).to(torch.float32)
+    return grad_accum_steps * world_size / max(int(global_tokens), 1)
+
+
+def cross_entropy_sum(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Summed token cross-entropy over the supervised positions, computed in float32.
+
+    No boolean indexing: that would make the host wait for the device on every micro-batch. A
+    batch without supervised positions gives 0, still connected to the graph.
+    """
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(flat, labels.reshape(-1), ignore_index=ignore_index, reduction="sum")
+
+
+class DistillationLoss:
+    """(1 − kd_rate)·CE + kd_rate·Σ_tokens D(teacher, student), summed over response tokens.
+
+    Args:
+        objective: a divergence name (official or alias), or None for plain SFT (cross-entropy).
+        kd_rate: weight of the divergence; 0 gives SFT through the same code path.
+        temperature: KD temperature, applied to both logits (no T² factor, as the official code).
+        impl: loss implementation ("auto", "reference", "chunked", "triton"); every one computes
+            the same per-row CE + KD (:func:`todi.kernels.autograd`): "reference" under
+            autograd, the others in one memory-efficient pass with the gradient computed in the forward.
+        planner: optional :class:`TokenPlanner` (AdaKD) choosing tokens, temperatures and weights.
+        vocab_size: the number of leading vocabulary entries the divergence compares, the ids both
+            output layers and both tokenizers define (:func:`todi.models.shared_vocab_size`); the
+            rows beyond it (padding rows, tokens one model cannot predict) are left out of KD, of
+            AdaKD's scores and of every kernel. None: min(V_s, V_t) of the logits.
+        **params: the objective's parameters (see its registry entry); checked here.
+    """
+
+    def __init__(
+        self,
+        objective: str | None = None,
+        *,
+        kd_rate: float = 0.5,
+        temperature: float = 1.0,
+        impl: str = "auto",
+        planner: TokenPlanner | None = None,
+        ignore_index: int = IGNORE_INDEX,
+        vocab_size: int | None = None,
+        **params: float,
+    ) -> None:
+        if vocab_size is not None and vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1 (or None), got {vocab_size}")
+        if not 0.0 <= kd_rate <= 1.0:
+            raise ValueError(f"kd_rate must be in [0, 1], got {kd_rate}")
+        self.objective = canonical_name(objective) if objective is not None else None
+        if self.objective is None and kd_rate > 0:
+            raise ValueError("kd_rate > 0 needs a KD objective; use objective=None only with kd_rate=0 (SFT)")
+        if impl not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+        # unknown or out-of-range parameters fail here, with or without a teacher
+        spec = kernels.LossSpec.make(self.objective, params) if self.objective is not None else kernels.LossSpec(None)
+        self.spec = spec if kd_rate > 0 else kernels.LossSpec(None)
+        self.kd_rate = float(kd_rate)
+        self.temperature = float(temperature)
+        self.impl = impl
+        self.planner = planner
+        self.ignore_index = ignore_index
+        self.params = params
+        self.vocab_size = vocab_size
+
+    def _kd_vocab(self, v_student: int, teacher_logits: Tensor | None) -> int:
+        """The compared vocabulary: ``vocab_size`` (checked against both logits) or min(V_s, V_t)."""
+        if not self.uses_teacher:
+            return v_student
+        v_teacher = teacher_logits.shape[-1]
+        if self.vocab_size is None:
+            return min(v_student, v_teacher)
+        if self.vocab_size > min(v_student, v_teacher):
+            raise ValueError(f"vocab_size {self.vocab_size} exceeds the logits' vocabulary "
+                             f"(student {v_student}, teacher {v_teacher})")
+        return self.vocab_size
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.objective is not None and self.kd_rate > 0
+
+    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, *,
+                 teacher_sparse: "kernels.SparseTargets | None" = None, diagnostics: bool = False) -> LossOutput:
+        """Loss of one micro-batch.
+
+        Args:
+            student_logits: ``[B, L, V_s]``.
+            labels: ``[B, L]`` int64, aligned with the logits, ``ignore_index`` where not supervised.
+            teacher_logits: ``[B, L, V_t]``, required when the loss uses a teacher (unless
+                ``teacher_sparse``). Both are compared over their first ``vocab_size`` entries
+                (default min(V_s, V_t), for vocabularies padded to different sizes); the caller
+                checks that the padding is all that differs (:func:`todi.models.shared_vocab_size`).
+            teacher_sparse: precomputed teacher targets instead of its logits (a teacher cache):
+                ids ``[B, L, k]``, log-probabilities ``[B, L, k + 1]`` (:class:`todi.kernels.SparseTargets`).
+            diagnostics: also compute the objective's diagnostics (e.g. mean ToDi α).
+        """
+        if teacher_sparse is not None:
+            return self._sparse_call(student_logits, labels, teacher_sparse, diagnostics)
+        self._check_shapes(student_logits.shape, labels, teacher_logits, "logits")
+        impl = kernels.resolve(self.impl, student_logits, self.spec)
+        vocab = self._kd_vocab(student_logits.shape[-1], teacher_logits)
+        plan = self._plan(student_logits[..., :vocab], teacher_logits, labels, vocab)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan)
+        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
+        return self._output(rows, labels, plan)
+
+    def _sparse_call(self, student_logits: Tensor, labels: Tensor, sparse: "kernels.SparseTargets",
+                     diagnostics: bool) -> LossOutput:
+        """The loss against sparse teacher targets: D over the coarsened distributions (chunked kernel)."""
+        if not self.uses_teacher:
+            raise ValueError("sparse teacher targets need a KD objective with kd_rate > 0")
+        k = sparse.ids.shape[-1]
+        if sparse.ids.shape[:-1] != labels.shape or sparse.log_probs.shape != (*labels.shape, k + 1):
+            raise ValueError(f"sparse teacher targets {tuple(sparse.ids.shape)} / {tuple(sparse.log_probs.shape)} "
+                             f"do not match labels {tuple(labels.shape)} (ids [..., k], log-probs [..., k + 1])")
+        if student_logits.shape[:-1] != labels.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
+        impl = kernels.resolve(self.impl, student_logits, self.spec)
+        impl = "reference" if impl == "reference" else "chunked"  # no Triton branch for sparse targets
+        vocab = min(self.vocab_size or student_logits.shape[-1], student_logits.shape[-1])
+        flat = kernels.SparseTargets(sparse.ids.reshape(-1, k), sparse.log_probs.reshape(-1, k + 1), sparse.temperature)
+        plan = None
+        if self.planner is not None:  # difficulty on the coarsened distributions, as "logits" at T
+            with torch.no_grad():
+                t = self.temperature
+                student = coarse_log_probs(student_logits.detach()[..., :vocab], sparse.ids, t) * t
+                teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, t) * t
+            plan = self.planner.plan(student, teacher, labels.ne(self.ignore_index), t, labels=labels)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, None, plan, sparse=flat)
+        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
+        return self._output(rows, labels, plan)
+
+    def loss_from_hidden(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
+                         teacher_logits: Tensor | None = None, *, diagnostics: bool = False,
+                         chunk_size: int | None = None) -> LossOutput:
+        """The same loss with the student's logits ``hidden @ weight.T + bias`` never materialised
+        (:func:`todi.kernels.fused_linear_loss`): ``hidden`` ``[B, L, H]``, ``weight`` ``[V_s, H]``."""
+        if self.planner is not None:
+            raise ValueError("the fused lm_head path does not support a token planner (AdaKD needs the full logits)")
+        self._check_shapes(hidden.shape, labels, teacher_logits, "hidden states")
+        impl = kernels.resolve(self.impl, hidden, self.spec)
+        if impl == "reference":
+            raise ValueError("the fused lm_head path computes gradients in the forward: use impl auto, chunked or triton")
+        vocab = self._kd_vocab(weight.shape[0], teacher_logits)
+        h = hidden.reshape(-1, hidden.shape[-1])
+        inputs = self._inputs(h, vocab, labels, teacher_logits, None)
+        rows = kernels.fused_linear_loss(impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
+                                         chunk_size=chunk_size)
+        return self._output(rows, labels, None)
+
+    def _check_shapes(self, student_shape, labels: Tensor, teacher_logits: Tensor | None, what: str) -> None:
+        if student_shape[:-1] != labels.shape:
+            raise ValueError(f"labels {tuple(labels.shape)} do not match {what} {tuple(student_shape)}")
+        if self.uses_teacher:
+            if teacher_logits is None:
+                raise ValueError(f"objective {self.objective} with kd_rate {self.kd_rate} needs teacher logits")
+            if teacher_logits.shape[:-1] != student_shape[:-1]:
+                raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match {what} "
+                                 f"{tuple(student_shape)} in their leading dimensions")
+
+    def _plan(self, student_kd: Tensor, teacher_logits: Tensor | None, labels: Tensor, vocab: int) -> KDPlan | None:
+        if not self.uses_teacher:
+            return None
+        mask = labels.ne(self.ignore_index)
+        if self.planner is not None:
+            return self.planner.plan(student_kd, teacher_logits[..., :vocab], mask, self.temperature, labels=labels)
+        return KDPlan(mask=mask, temperature=self.temperature)
+
+    def _inputs(self, student_rows: Tensor, vocab: int, labels: Tensor, teacher_logits: Tensor | None,
+                plan: KDPlan | None, sparse: "kernels.SparseTargets | None" = None) -> "kernels.LossInputs":
+        """The per-row inputs of CE + KD, assembled in this one place for every implementation."""
+        shape, device = labels.shape, student_rows.device
+        kd_weight: float | Tensor = 0.0
+        teacher, kd_mask, temperature = None, None, 1.0
+        if self.uses_teacher:
+            teacher = kernels.flatten_rows(teacher_logits) if sparse is None else None
+            plan = plan if plan is not None else KDPlan(mask=labels.ne(self.ignore_index), temperature=self.temperature)
+            kd_mask, temperature = plan.mask.reshape(-1), plan.temperature
+            kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
+        return kernels.LossInputs(
+            student=student_rows, teacher=teacher, vocab=vocab, labels=labels.reshape(-1), kd_mask=kd_mask,
+            temperature=kernels.broadcast_rows(temperature, shape, device),
+            kd_weight=kernels.broadcast_rows(kd_weight, shape, device),
+            ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0, ignore_index=self.ignore_index,
+            sparse=sparse,
+        )
+
+    def _output(self, rows: "kernels.PerRowLoss", labels: Tensor, plan: KDPlan | None) -> LossOutput:
+        """The micro-batch's LossOutput from its per-row losses: sums, statistics, diagnostics."""
+        mask = labels.ne(self.ignore_index)
+        stats = {"ce": rows.ce.sum(), "correct": rows.correct.sum()}
+        if self.uses_teacher:
+            weight = plan.weight if plan is not None else None
+            stats["kd"] = (rows.kd if weight is None else rows.kd * weight.reshape(-1).float()).sum()
+            stats["kd_tokens"] = (plan.mask if plan is not None else mask).sum().float()
+            if plan is not None:
+                stats.update(plan.stats)
+        diagnostics = {name: value.sum() for name, value in rows.diagnostics.items()}
+        return LossOutput(loss=rows.loss.sum(), num_tokens=mask.sum(), stats=stats, diagnostics=diagnostics)

@@ -1,0 +1,1 @@
+"""Whole pipelines: the demo and the toy study."""

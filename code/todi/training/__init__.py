@@ -1,0 +1,1 @@
+"""Training: flags, setup, the loop, checkpoints, resume, monitor, step metrics."""

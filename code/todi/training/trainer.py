@@ -1,0 +1,352 @@
+"""The training loop: SFT or KD on a DeepSpeed engine, dev evaluation, checkpoints, exact resume.
+
+One optimizer step = ``gradient_accumulation_steps`` micro-batches on every process. The loss of a
+micro-batch is summed over its response tokens and scaled by :func:`todi.loss.criterion.loss_scale` with
+the response-token count of the whole step (all micro-batches, all processes), so every response
+token of a step weighs the same, as in the official code.
+
+The step path never waits for the device: metrics are summed on the device and reduced across
+processes once per log interval; the only per-step collective is the token count above (issued
+asynchronously on GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from todi.training import checkpoint as ckpt
+from todi.data.batching import epoch_plan
+from todi.loss.criterion import DistillationLoss, LossOutput, loss_scale
+from todi.data.instructions import Batch, DataError
+from todi.evaluation.dev import DevEvaluation
+from todi.util.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
+from todi.models.fused_head import fused_student_loss
+from todi.kernels import SparseTargets
+from todi.util.labels import IGNORE_INDEX
+from todi.util.log import MetricsLog, format_record, logger, setup_logging
+from todi.training.resume import RunDirectory
+from todi.training.step_metrics import StepMetrics
+from todi.training import setup
+
+__all__ = ["Trainer", "main", "student_loss", "teacher_forward"]
+
+
+def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
+                 *, diagnostics: bool = False, fused: bool = False, cache_temperature: float | None = None) -> LossOutput:
+    """Student forward and loss of one micro-batch.
+
+    ``fused``: the output layer, CE and KD run chunk by chunk on the final hidden states
+    (:func:`todi.models.fused_head.fused_student_loss`), so the student's ``[B, L, V]`` logits never exist.
+    ``cache_temperature``: the batch carries cached teacher targets (``batch.teacher_targets``) made
+    at this temperature, used instead of ``teacher_logits``.
+    """
+    if fused:
+        return fused_student_loss(model, batch.input_ids, batch.attention_mask, batch.labels, teacher_logits,
+                                  criterion, diagnostics=diagnostics)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    sparse = None
+    if batch.teacher_targets is not None:
+        sparse = SparseTargets(*batch.teacher_targets, temperature=cache_temperature)
+    return criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics)
+
+
+def teacher_forward(teacher, batch: Batch) -> Tensor:
+    """Teacher logits ``[B, L, V_t]`` without autograd.
+
+    ``torch.no_grad`` rather than ``inference_mode``: inference tensors cannot be saved for
+    backward, and the memory-efficient loss kernels keep the teacher logits to recompute from.
+    """
+    ids = batch.input_ids if batch.teacher_input_ids is None else batch.teacher_input_ids
+    with torch.no_grad():
+        return teacher(input_ids=ids, attention_mask=batch.attention_mask, use_cache=False).logits
+
+
+class Trainer:
+    """Builds the run (:mod:`todi.training.setup`) from the arguments, resumes it if its directory
+    holds its state (:mod:`todi.training.resume`), then trains: optimizer steps, logging, dev evaluation,
+    checkpoints."""
+
+    def __init__(self, args: argparse.Namespace, env: DistEnv):
+        from transformers import set_seed
+
+        self.args, self.env = args, env
+        self.ds = setup.deepspeed_settings(args, env)
+        self.zero_stage = self.ds.zero_stage
+        self.run = RunDirectory(args, env, {"world_size": env.world_size, "precision": self.ds.precision,
+                                            "zero_stage": self.ds.zero_stage})
+        self.save_dir = self.run.path
+        self.run.write_args({"deepspeed": self.ds.config})
+        set_seed(args.seed)  # the same on every process; the data order has its own generator
+
+        self.data = setup.build_data(args)
+        self.steps_per_epoch, self.total_iters, self.num_epochs = setup.schedule_length(
+            args, len(self.data.train.examples), env.world_size)
+        self.uses_teacher = setup.uses_teacher(args)
+        models = setup.build_models(args, env, self.ds, self.data, self.total_iters)
+        self.engine, self.scheduler, self.teacher = models.engine, models.scheduler, models.teacher
+        self.criterion, self.adakd = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
+        cache = self.data.collate.teacher_cache
+        self.cache_temperature = cache.settings.temperature if cache is not None else None
+        self.dev = DevEvaluation(args, env, self.ds.zero_stage)
+
+        self.state = ckpt.TrainerState()
+        self.best = ckpt.BestCheckpoints(args.keep_best_n_checkpoints)
+        self.metrics = StepMetrics(env.device)
+        self.epoch_metrics = StepMetrics(env.device)
+        self.log_file = MetricsLog(self.save_dir / "metrics.jsonl", env.is_main)
+        # --report-to: the same records as live events (TensorBoard, CSV, W&B), written by rank 0
+        self.monitor = setup.build_monitor(args, env, self.save_dir, fresh=self.run.resume_tag is None)
+        self._rng_to_restore = None
+        self.state_epoch_sums: dict[str, float] = {}  # epoch sums of steps before the last saved state
+        if self.run.resume_tag is None:
+            self.log_file.clear()  # a new run: the records of an earlier one would mix in
+        else:
+            self._load_state()
+
+    # ------------------------------------------------------------------ resume
+
+    def _save_state(self) -> None:
+        for key, value in self.epoch_metrics.reduce().items():
+            self.state_epoch_sums[key] = self.state_epoch_sums.get(key, 0.0) + value
+        self.state.best = self.best.entries
+        extra = {"epoch_sums": dict(self.state_epoch_sums)}
+        if self.adakd is not None:
+            extra["adakd"] = self.adakd.state_dict()
+        self.run.save(self.engine, self.state, extra)
+
+    def _load_state(self) -> None:
+        self.state, extra = self.run.load(self.engine)
+        self.best.entries = [e for e in self.state.best if Path(e["path"]).is_dir()]
+        self.state_epoch_sums = dict(extra.get("epoch_sums", {}))
+        if self.adakd is not None:
+            if "adakd" not in extra:
+                raise SystemExit(f"{self.run.where} holds no AdaKD state")
+            self.adakd.load_state_dict(extra["adakd"])
+        self._rng_to_restore = extra["rng"]
+
+    # ------------------------------------------------------------------ training
+
+    def _loader(self, epoch: int, start_step: int):
+        from torch.utils.data import DataLoader
+
+        plan = epoch_plan(
+            [e.length for e in self.data.train.examples], seed=self.args.seed, epoch=epoch,
+            batch_size=self.args.batch_size, world_size=self.env.world_size,
+            grad_accum=self.args.gradient_accumulation_steps, group_by_length=self.args.group_by_length,
+        )
+        loader = DataLoader(
+            self.data.train.examples, batch_sampler=plan.rank_batches(self.env.rank, start_step),
+            collate_fn=self.data.collate, num_workers=self.args.num_workers,
+            pin_memory=self.env.device.type == "cuda",
+            # its own generator: creating an iterator must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
+        return plan, iter(loader)
+
+    def _optimizer_step(self, micro_batches: list[Batch], diagnostics: bool) -> None:
+        device = self.env.device
+        batches = [b.to(device, non_blocking=True) for b in micro_batches]
+        local_tokens = torch.stack([b.labels.ne(IGNORE_INDEX).sum() for b in batches]).sum()
+        global_tokens = all_reduce_sum(local_tokens.float())
+        scale = loss_scale(global_tokens, self.args.gradient_accumulation_steps, self.env.world_size)
+        kd_sum = kd_tokens = None
+        for host_batch, batch in zip(micro_batches, batches):
+            teacher_logits = teacher_forward(self.teacher, batch) if self.teacher is not None else None
+            out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
+                               cache_temperature=self.cache_temperature,
+                               fused=self.args.fused_lm_head)
+            self.engine.backward(out.loss * scale)
+            self.engine.step()
+            for metrics in (self.metrics, self.epoch_metrics):
+                metrics.add("loss", out.loss)
+                metrics.add("tokens", out.num_tokens)
+            self._add_stats(out, diagnostics)
+            self.metrics.add_host("examples", host_batch.num_examples)
+            self.metrics.add_host("input_tokens", host_batch.num_input_tokens)
+            if "kd" in out.stats:
+                kd_sum = out.stats["kd"] if kd_sum is None else kd_sum + out.stats["kd"]
+                kd_tokens = out.stats["kd_tokens"] if kd_tokens is None else kd_tokens + out.stats["kd_tokens"]
+        self.metrics.add_host("steps", 1)
+        if self.adakd is not None:
+            self.adakd.update(kd_sum, kd_tokens)
+
+    def _add_stats(self, out: LossOutput, diagnostics: bool) -> None:
+        for name, value in out.stats.items():
+            self.metrics.add(name, value)
+        for name, value in out.diagnostics.items():  # the objective's named diagnostics, per KD token
+            self.metrics.add(f"diagnostic/{name}", value)
+            self.metrics.add(f"diagnostic_tokens/{name}", out.stats["kd_tokens"])
+        if "kd" in out.stats:
+            self.epoch_metrics.add("kd", out.stats["kd"])
+            self.epoch_metrics.add("kd_tokens", out.stats["kd_tokens"])
+        self.epoch_metrics.add("ce", out.stats["ce"])
+
+    def _log_interval(self, epoch: int) -> None:
+        sums = self.metrics.reduce()
+        now = time.perf_counter()
+        elapsed, self._last_log_time = now - self._last_log_time, now
+        tokens = max(sums.pop("tokens"), 1.0)
+        record = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.pop("loss") / tokens,
+                  "ce": sums.pop("ce") / tokens, "acc": sums.pop("correct") / tokens}
+        kd_tokens = sums.pop("kd_tokens", None)
+        if kd_tokens is not None:
+            record["kd"] = sums.pop("kd") / max(kd_tokens, 1.0)
+            record["kd_token_ratio"] = kd_tokens / tokens  # < 1 when a planner (AdaKD) skips tokens
+        for name in [k for k in sums if k.startswith("diagnostic/")]:
+            short = name.split("/", 1)[1]
+            record[short] = sums.pop(name) / max(sums.pop(f"diagnostic_tokens/{short}"), 1.0)
+        record["lr"] = float(self.scheduler.get_last_lr()[0])
+        grad_norm = self.engine.get_global_grad_norm()
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        steps, examples, input_tokens = sums.pop("steps"), sums.pop("examples"), sums.pop("input_tokens")
+        for name, value in sums.items():  # what a token planner adds, per response token
+            record[name] = value / tokens
+        if self.adakd is not None:
+            record.update({f"adakd_{k}": v for k, v in self.adakd.log_stats().items()})
+        record.update({
+            "step_time": elapsed / max(steps / self.env.world_size, 1.0), "examples": int(examples),
+            "input_tokens": int(input_tokens), "examples_per_s": examples / elapsed,
+            "tokens_per_s": input_tokens / elapsed, "elapsed": now - self._start_time,
+        })
+        if self.env.device.type == "cuda":
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
+        logger.info("train | " + format_record(record))
+        self.log_file.write({"split": "train", **record})
+        self.monitor.write("train", record, self.state.global_step)
+
+    @contextmanager
+    def _untimed(self):
+        """Leave evaluation and saving out of the throughput of the current log interval."""
+        start = time.perf_counter()
+        yield
+        self._last_log_time += time.perf_counter() - start
+
+    def train(self) -> None:
+        args, state = self.args, self.state
+        if state.global_step >= self.total_iters or state.epoch >= self.num_epochs:
+            logger.info(f"training already complete in {self.save_dir}")
+            return
+        from tqdm import tqdm
+
+        steps_this_run = 0
+        self._start_time = self._last_log_time = time.perf_counter()
+        logger.info(f"training: {args.criterion}" + (f" ({args.kd_objective}, kd_rate {args.kd_rate}, "
+                    f"temperature {args.kd_temperature})" if self.uses_teacher else ""))
+        while state.epoch < self.num_epochs and state.global_step < self.total_iters:
+            epoch = state.epoch
+            plan, batches = self._loader(epoch, state.step_in_epoch)
+            if state.step_in_epoch == 0 and plan.skipped:
+                logger.info(f"epoch {epoch + 1}: {plan.skipped} examples skipped (less than a global batch left)")
+            if self._rng_to_restore is not None:  # right before the first step: nothing else draws in between
+                ckpt.set_rng_state(self._rng_to_restore)
+                self._rng_to_restore = None
+            self.engine.train()
+            bar = tqdm(total=len(plan), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}", unit="step",
+                       disable=not self.env.is_main, mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+            while state.step_in_epoch < len(plan) and state.global_step < self.total_iters:
+                diagnostics = (state.global_step + 1) % args.log_interval == 0
+                self._optimizer_step([next(batches) for _ in range(args.gradient_accumulation_steps)], diagnostics)
+                state.step_in_epoch += 1
+                state.global_step += 1
+                steps_this_run += 1
+                bar.update(1)
+                if state.global_step % args.log_interval == 0:
+                    self._log_interval(epoch)
+                if state.step_in_epoch == len(plan) or state.global_step >= self.total_iters:
+                    break
+                stop = args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters
+                if stop or (args.state_interval and state.global_step % args.state_interval == 0):
+                    with self._untimed():
+                        self._save_state()
+                if stop:
+                    bar.close()
+                    logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
+                    return
+            bar.close()
+            with self._untimed():
+                self._end_of_epoch(epoch, last=state.epoch + 1 >= self.num_epochs or state.global_step >= self.total_iters)
+                state.epoch += 1
+                state.step_in_epoch = 0
+                self._save_state()
+            if args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters:
+                logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
+                return
+        best = self.best.best
+        logger.info(f"done: {state.global_step} steps in {time.perf_counter() - self._start_time:.1f}s" +
+                    (f"; best checkpoint {best['path']}" if best else ""))
+
+    # ------------------------------------------------------------------ epoch end
+
+    def _end_of_epoch(self, epoch: int, last: bool) -> None:
+        args = self.args
+        sums = self.epoch_metrics.reduce()
+        for key, value in self.state_epoch_sums.items():
+            sums[key] = sums.get(key, 0.0) + value
+        self.state_epoch_sums = {}
+        tokens = max(sums.get("tokens", 0.0), 1.0)
+        summary = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.get("loss", 0.0) / tokens,
+                   "ce": sums.get("ce", 0.0) / tokens}
+        if "kd" in sums:
+            summary["kd"] = sums["kd"] / max(sums.get("kd_tokens", 0.0), 1.0)
+        logger.info("train epoch | " + format_record(summary))
+        self.log_file.write({"split": "train_epoch", **summary})
+        self.monitor.write("epoch", summary, self.state.global_step)
+
+        save = (epoch + 1) % args.save_interval == 0 or last
+        evaluate = args.do_valid and ((epoch + 1) % args.eval_interval == 0 or save)
+        results = self.evaluate() if evaluate else {}
+        if evaluate:
+            record = {"epoch": epoch + 1, "step": self.state.global_step, **results}
+            logger.info("dev | " + format_record(record))
+            self.log_file.write({"split": "dev", **record})
+            self.monitor.write("dev", results, self.state.global_step)
+        if save:
+            self._save_checkpoint(epoch, results)
+        if last:
+            self.monitor.close()  # the last event of the run has been written
+
+    def _save_checkpoint(self, epoch: int, results: dict) -> None:
+        name = ckpt.checkpoint_name(epoch + 1, self.state.global_step, results.get("loss"), results.get("rougeL"))
+        path = self.save_dir / name
+        state_dict = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None
+        ckpt.save_model(self.engine.module, self.data.tokenizer, path, state_dict=state_dict, is_main=self.env.is_main)
+        if "rougeL" in results:
+            score = results["rougeL"]
+        elif "loss" in results:
+            score = -results["loss"]
+        else:
+            score = float(self.state.global_step)
+        for dropped in self.best.add(path, score):
+            if self.env.is_main and dropped.is_dir():
+                shutil.rmtree(dropped)
+                logger.info(f"removed {dropped.name} (keeping the best {self.best.n})")
+        barrier()
+        logger.info(f"checkpoint saved: {path}")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict:
+        return self.dev.evaluate(self.engine.module, self.data.dev, self.data.eval_collate, self.data.tokenizer)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from todi.training.args import parse_args
+
+    args = parse_args(argv)
+    env = init_distributed()
+    setup_logging(env.rank)
+    logger.info(f"{env.world_size} process(es) on {env.device.type}; run directory {args.save_dir}")
+    try:
+        trainer = Trainer(args, env)
+    except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
+        raise SystemExit(f"distillation.py: error: {e}") from None
+    trainer.train()

@@ -18,10 +18,22 @@ from todi.training.monitor import BACKENDS, missing_package, parse_backends
 from todi.objectives import Param, all_objectives, canonical_name, get
 from todi.util.plugins import load_plugins
 
-__all__ = ["build_parser", "check_args", "objective_kwargs", "parse_args", "run_identity"]
+__all__ = ["DefaultsHelpFormatter", "build_parser", "check_args", "objective_kwargs", "parse_args", "run_identity"]
 
 CRITERIA = ("cross_entropy", "various_divergence")
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "noam")
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` shows every flag's default, except where there is none to show (switches, lists, unset)
+    or the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
 
 
 def _not_identity(action: argparse.Action) -> argparse.Action:
@@ -48,11 +60,12 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                    help="official flag; must agree with the DeepSpeed config's precision when given"))
     _not_identity(g.add_argument("--n-gpu", type=int, default=None,
                    help="official flag: processes per node; checked against the launcher's when given"))
-    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the student's activations in the backward (less memory, more compute)")
     g.add_argument("--peft", choices=("lora",), default=None, help="train a LoRA adapter instead of all weights")
-    g.add_argument("--peft-lora-r", type=int, default=16)
-    g.add_argument("--peft-lora-alpha", type=int, default=64)
-    g.add_argument("--peft-lora-dropout", type=float, default=0.1)
+    g.add_argument("--peft-lora-r", type=int, default=16, help="LoRA rank (with --peft lora)")
+    g.add_argument("--peft-lora-alpha", type=int, default=64, help="LoRA scaling α (the update is scaled by α / r)")
+    g.add_argument("--peft-lora-dropout", type=float, default=0.1, help="dropout on the LoRA input")
     _not_identity(g.add_argument("--compile", action="store_true", help="torch.compile the student and teacher forward"))
 
 
@@ -103,19 +116,23 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
 def _hp_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("hyper-parameters")
     g.add_argument("--batch-size", type=int, default=32, help="micro-batch size per process")
-    _not_identity(g.add_argument("--eval-batch-size", type=int, default=32))
-    g.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    _not_identity(g.add_argument("--eval-batch-size", type=int, default=32,
+                                 help="prompts per process and batch in dev evaluation (loss and generation)"))
+    g.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step (the loss is normalised over all of their response tokens)")
     g.add_argument("--clip-grad", type=float, default=1.0, help="gradient clipping by global norm (0: off)")
-    g.add_argument("--num-epochs", type=int, default=None)
+    g.add_argument("--num-epochs", type=int, default=None,
+                   help="passes over the training set (required unless --total-iters is given)")
     g.add_argument("--total-iters", type=int, default=None,
                    help="optimizer steps of the schedule (default: steps per epoch × epochs); training "
                         "stops at whichever of --total-iters and --num-epochs comes first")
     g.add_argument("--seed", type=int, default=1234, help="one seed for every process (not shifted by rank)")
-    g.add_argument("--lr", type=float, required=True)
+    g.add_argument("--lr", type=float, required=True, help="peak learning rate of AdamW (required)")
     g.add_argument("--lr-min", type=float, default=1e-7, help="final learning rate of the cosine schedule")
     g.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (not on biases and norms)")
     g.add_argument("--warmup-iters", type=int, default=0, help="linear warm-up steps")
-    g.add_argument("--lr-decay-style", choices=LR_DECAY_STYLES, default="noam")
+    g.add_argument("--lr-decay-style", choices=LR_DECAY_STYLES, default="noam",
+                   help="learning-rate schedule after the warm-up (the official scripts pass cosine)")
     g.add_argument("--kd-rate", type=float, default=0.5, help="weight of the divergence; 1 − kd_rate weighs the CE")
     g.add_argument("--kd-temperature", type=float, default=1.0, help="applied to both logits, no T² factor")
     g.add_argument("--kd-objective", default="forward_kl",
@@ -189,11 +206,12 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
         return _not_identity(g.add_argument(*names, **kwargs))
 
     add("--eval-gen", action="store_true", help="sample answers to the dev prompts and score ROUGE-L")
-    add("--do-sample", action="store_true")
-    add("--top-k", type=int, default=0)
-    add("--top-p", type=float, default=1.0)
-    add("--temperature", type=float, default=1.0)
-    add("--no-repeat-ngram-size", type=int, default=6)
+    add("--do-sample", action="store_true", help="sample (default: greedy decoding)")
+    add("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    add("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    add("--temperature", type=float, default=1.0, help="sampling temperature")
+    add("--no-repeat-ngram-size", type=int, default=6,
+        help="never repeat an n-gram of this size (prompt included, as Hugging Face does; 0: off)")
     add("--dev-no-repeat-ngram-size", type=int, default=None,
                    help="override --no-repeat-ngram-size for dev generation only (the official code used 0 "
                         "there); default: the same as the test")
@@ -204,13 +222,20 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
 def _adakd_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("AdaKD (token-adaptive KD)")
     g.add_argument("--adakd", action="store_true", help="AdaKD token focusing and per-token temperatures")
-    g.add_argument("--adakd-c", type=float, default=0.5)
-    g.add_argument("--adakd-ema", type=float, default=0.99)
-    g.add_argument("--adakd-eps", type=float, default=0.05)
-    g.add_argument("--adakd-delta", type=float, default=0.05)
-    g.add_argument("--adakd-warmup", type=float, default=0.05, help="fraction of the optimizer steps")
-    g.add_argument("--adakd-min-ratio", type=float, default=0.1)
-    g.add_argument("--adakd-difficulty", choices=DIFFICULTIES, default="hellinger")
+    g.add_argument("--adakd-c", type=float, default=0.5,
+                   help="IDTS strength c: token temperature τ_i = T·exp(−c·tanh(log(s_i / s_median))); 0: no IDTS")
+    g.add_argument("--adakd-ema", type=float, default=0.99,
+                   help="LATF: decay of the moving average of the per-token KD loss")
+    g.add_argument("--adakd-eps", type=float, default=0.05,
+                   help="LATF: relative band around the reference loss inside which the ratio r stays")
+    g.add_argument("--adakd-delta", type=float, default=0.05,
+                   help="LATF: r shrinks by (1 − δ) when the loss fell below the band, grows by (1 + δ) above it")
+    g.add_argument("--adakd-warmup", type=float, default=0.05,
+                   help="LATF warm-up (r = 1) as a fraction of the optimizer steps; its end sets the reference loss")
+    g.add_argument("--adakd-min-ratio", type=float, default=0.1,
+                   help="LATF: the floor of r, the fraction of response tokens that get a KD term")
+    g.add_argument("--adakd-difficulty", choices=DIFFICULTIES, default="hellinger",
+                   help="per-token difficulty score that ranks tokens (LATF) and sets temperatures (IDTS)")
 
 
 def _deepspeed_args(parser: argparse.ArgumentParser) -> None:
@@ -248,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="distillation.py",
         description="SFT and knowledge distillation (ToDi and the other divergences) on DeepSpeed.",
         allow_abbrev=False,
+        formatter_class=DefaultsHelpFormatter,
     )
     for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args,
                 _monitor_args, _plugin_args):

@@ -303,7 +303,7 @@ def sweep(args, cases: list[Case], device) -> None:
     least mean of each time over the best time of its size and case). Sweep at 8192 tokens or
     more: on an H100 one call at 2048 tokens is bound by the host's per-call overhead (Python,
     autograd)."""
-    from todi.kernels import triton as kernel
+    from todi.kernels.triton import config as kernel  # the launcher reads kernel.CONFIG at each call
     from todi.kernels.triton import KernelConfig
 
     if not (device.type == "cuda" and triton_available()):

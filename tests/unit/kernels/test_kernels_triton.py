@@ -22,6 +22,7 @@ from todi.loss.criterion import DistillationLoss
 from todi.loss.divergence import divergence
 from todi.kernels import LossSpec, LossInputs, per_row_loss, reference_loss
 
+import _logits
 from _cases import CASES, IDS
 
 
@@ -46,20 +47,9 @@ needs_triton = pytest.mark.skipif(
 V = 150 if DEVICE != "cuda" else 5001
 
 
-
-def make_pair(*shape, dtype=torch.float32, seed=0, scale=3.0, specials=True):
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(*shape, generator=g) * scale
-    t = torch.randn(*shape, generator=g) * scale
-    if specials:
-        s2, t2 = s.view(-1, shape[-1]), t.view(-1, shape[-1])
-        s2[0, 3] = -math.inf
-        t2[0, 4] = math.inf
-        s2[1, 5] = math.inf
-        s2[:, 7], t2[:, 7] = -math.inf, -math.inf
-        s2[2, :] = -math.inf
-        t2[3, :] = -math.inf
-    return s.to(device=DEVICE, dtype=dtype), t.to(device=DEVICE, dtype=dtype)
+def make_pair(*shape, **kwargs):
+    """Random logits (see _logits) on the tests' device."""
+    return _logits.make_pair(*shape, device=DEVICE, **kwargs)
 
 
 def value_and_grad(fn, student):

@@ -12,6 +12,10 @@ Implementations (``impl``):
 * ``"auto"``: triton for CUDA tensors when triton imports and the objective has a branch, else
   chunked (with one log line per objective that has none).
 
+:func:`choose_backend` alone turns the requested ``impl`` into the backend that runs, with the
+fallbacks below (sparse teacher targets: chunked; gradients other than the student's: reference),
+each logged once per reason.
+
 The cross-entropy is fused in (:func:`per_row_loss`): the student's log-sum-exp is shared when
 the temperature is 1, and the gradient of the weighted CE + KD is written once. AKL's head/tail
 split follows the reference's stable sort: of teacher probabilities tied at the tail boundary,
@@ -22,22 +26,26 @@ float32 rounding of the cumulative mass at the boundary).
 The chunked and Triton paths return the reference's values and its autograd gradient for the
 student logits. They do not differentiate with respect to the teacher logits or a temperature
 tensor: when either requires grad, the reference runs instead (same results, reference memory).
+Sparse teacher targets (:class:`SparseTargets`) run on the chunked kernel.
 A second backward through the same output is an error (the gradient buffer is freed after the
 first one). This package imports only :mod:`todi.objectives` (and :mod:`todi.util.labels`).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-
 import torch
 from torch import Tensor
 
+from todi.kernels.autograd import (
+    IMPLEMENTATIONS,
+    check_impl,
+    choose_backend,
+    per_row_loss,
+    reference_loss,
+    triton_available,
+)
 from todi.kernels.fused_linear import fused_linear_loss
-from todi.kernels.autograd import PerRowLoss, per_row_loss, reference_loss
-from todi.kernels.rows import LossInputs, LossSpec, SparseTargets
+from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss, SparseTargets
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -46,62 +54,14 @@ __all__ = [
     "PerRowLoss",
     "SparseTargets",
     "broadcast_rows",
+    "check_impl",
+    "choose_backend",
     "flatten_rows",
     "fused_linear_loss",
     "per_row_loss",
     "reference_loss",
-    "resolve",
     "triton_available",
 ]
-
-IMPLEMENTATIONS = ("auto", "reference", "chunked", "triton")
-
-_log = logging.getLogger("todi")
-
-
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """Whether ``import triton`` works (on CUDA, or on CPU under ``TRITON_INTERPRET=1``)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _note_no_triton(objective: str, params: tuple) -> None:
-    _log.info(f"objective {objective} {dict(params)} has no Triton branch: the chunked kernel runs instead")
-
-
-def resolve(impl: str, logits: Tensor, spec: LossSpec | None = None) -> str:
-    """The implementation that ``impl`` means for tensors like ``logits`` and the objective ``spec``."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
-    if impl in ("reference", "chunked"):
-        return impl
-    has_branch = spec is None or spec.objective is None or spec.triton_branch is not None
-    if impl == "auto":
-        if not (logits.is_cuda and triton_available()):
-            return "chunked"
-        if not has_branch:
-            _note_no_triton(spec.objective, spec.params)
-            return "chunked"
-        return "triton"
-    if not triton_available():
-        raise ValueError("impl='triton' needs the triton package (pip install triton); use 'chunked'")
-    if not (logits.is_cuda or _interpreting()):
-        raise ValueError(
-            f"impl='triton' needs CUDA tensors, got {logits.device} (or TRITON_INTERPRET=1 for the "
-            "CPU interpreter); use 'chunked' or 'auto'"
-        )
-    if not has_branch:
-        raise ValueError(f"objective {spec.objective} {spec.kwargs} has no Triton branch; use impl 'chunked' or 'auto'")
-    return "triton"
 
 
 def flatten_rows(x: Tensor) -> Tensor:

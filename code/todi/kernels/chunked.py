@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from todi.kernels.rows import rows_per_chunk
-from todi.kernels.rows import BackendOutput, LossInputs, LossSpec, take_rows
+from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss, rows_per_chunk, take_rows
 from todi.objectives import Objective, log_probs, scaled_logits, sum_entries
 from todi.objectives.math import retemper_log_probs
 
@@ -168,7 +167,7 @@ def sparse_kd_chunk(spec: LossSpec, xs: Tensor, sparse, temp, weight: Tensor, wa
     return values.detach(), diag, grad
 
 
-def _sparse_kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bool):
+def _sparse_kd_part(spec, inp: LossInputs, c: _Chunk, out: PerRowLoss, want_grad: bool):
     """The chunk's divergence on sparse teacher targets into ``out``; returns its gradient [C, vocab]."""
     on = inp.kd_mask.index_select(0, c.idx)
     temp = take_rows(inp.temperature, c.idx)
@@ -181,7 +180,7 @@ def _sparse_kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_g
     return grad_c if want_grad else None
 
 
-def _kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bool):
+def _kd_part(spec, inp: LossInputs, c: _Chunk, out: PerRowLoss, want_grad: bool):
     """The chunk's divergence into ``out``; returns (its gradient or None, log q if shared with the CE)."""
     if inp.sparse is not None:
         return _sparse_kd_part(spec, inp, c, out, want_grad), None
@@ -208,7 +207,7 @@ def _kd_part(spec, inp: LossInputs, c: _Chunk, out: BackendOutput, want_grad: bo
     return grad_c, (log_q if shared else None)
 
 
-def _ce_part(inp: LossInputs, c: _Chunk, out: BackendOutput, grad_c, log_q, want_grad: bool):
+def _ce_part(inp: LossInputs, c: _Chunk, out: PerRowLoss, grad_c, log_q, want_grad: bool):
     """The chunk's cross-entropy into ``out`` and its gradient added to ``grad_c`` (returned)."""
     shared = log_q is not None  # then grad_c already holds the ce_w·softmax part
     if log_q is None:
@@ -225,7 +224,7 @@ def _ce_part(inp: LossInputs, c: _Chunk, out: BackendOutput, grad_c, log_q, want
 
 
 def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostics: bool,
-            chunk_size: int | None = None) -> BackendOutput:
+            chunk_size: int | None = None) -> PerRowLoss:
     """Values of every row and, with ``want_grad``, the gradient of the weighted loss (see spec)."""
     student = inp.student
     n, v_student = student.shape
@@ -233,7 +232,7 @@ def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostic
     has_kd = inp.has_teacher and spec.objective is not None
     zeros = lambda: torch.zeros(n, dtype=torch.float32, device=device)  # noqa: E731
     diag = {name: zeros() for name in spec.diagnostics} if want_diagnostics and has_kd else {}
-    out = BackendOutput(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics=diag, grad=None)
+    out = PerRowLoss(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics=diag)
     active = inp.active_rows()
     if want_grad:
         out.grad = torch.empty(n, v_student, dtype=student.dtype, device=device)

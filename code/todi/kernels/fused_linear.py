@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from todi.kernels.rows import FUSED_HEAD_FACTOR, rows_per_chunk
-from todi.kernels.autograd import PerRowLoss, backend_forward, check_labels
-from todi.kernels.rows import LossInputs, LossSpec
+from todi.kernels.autograd import backend_forward, check_labels, choose_backend
+from todi.kernels.rows import FUSED_HEAD_FACTOR, LossInputs, LossSpec, PerRowLoss, rows_per_chunk
 
 __all__ = ["fused_linear_loss"]
 
@@ -28,7 +27,7 @@ class _FusedLinearLoss(torch.autograd.Function):
     """Σ_rows ce_weight·CE + kd_weight·KD from hidden states; gradients computed in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, impl, spec, teacher, base: LossInputs, want_diagnostics, chunk):
+    def forward(ctx, hidden, weight, bias, backend, spec, teacher, base: LossInputs, want_diagnostics, chunk):
         n, _ = hidden.shape
         device = hidden.device
         kd = torch.zeros(n, dtype=torch.float32, device=device)
@@ -49,7 +48,7 @@ class _FusedLinearLoss(torch.autograd.Function):
             idx = rows[start : start + step]
             h = hidden.index_select(0, idx)
             part = base.select(idx, F.linear(h, weight, bias))
-            res = backend_forward(impl, spec, part, want_grad=want_grad, want_diagnostics=want_diagnostics)
+            res = backend_forward(backend, spec, part, want_grad=want_grad, want_diagnostics=want_diagnostics)
             del part
             kd.index_copy_(0, idx, res.kd)
             ce.index_copy_(0, idx, res.ce)
@@ -89,7 +88,8 @@ def fused_linear_loss(impl: str, spec: LossSpec, hidden: Tensor, weight: Tensor,
     """The loss of ``inputs`` with the student logits ``hidden @ weight.T + bias``, chunk by chunk.
 
     Args:
-        impl: "chunked" or "triton" (the gradients are computed in the forward).
+        impl: "auto", "chunked" or "triton" (:func:`todi.kernels.choose_backend`; the gradients are
+            computed in the forward, so the reference is an error, as are teacher logits that require grad).
         hidden: ``[N, H]`` final hidden states (after the final norm), one per row of ``inputs``.
         weight, bias: the output layer, ``[V_s, H]`` and ``[V_s]`` or None.
         inputs: the rows' teacher logits ``[N, V_t]``, labels, masks and weights; its ``student``
@@ -98,12 +98,10 @@ def fused_linear_loss(impl: str, spec: LossSpec, hidden: Tensor, weight: Tensor,
 
     Returns per-row ``kd``, ``ce``, ``correct`` and diagnostics, with ``loss`` the *summed* loss (0-dim).
     """
-    if impl not in ("chunked", "triton"):
-        raise ValueError(f"the fused lm_head path computes gradients in the forward: impl chunked or triton, not {impl!r}")
-    if inputs.teacher is not None and inputs.teacher.requires_grad:
-        raise ValueError("the fused lm_head path does not differentiate the teacher logits")
+    backend = choose_backend(impl, spec, inputs, hidden.device, fused=True)
     check_labels(inputs.labels, inputs.ce_valid, weight.shape[0])
     want_diagnostics = want_diagnostics and inputs.teacher is not None and bool(spec.diagnostics)
-    out = _FusedLinearLoss.apply(hidden, weight, bias, impl, spec, inputs.teacher, inputs, want_diagnostics, chunk_size)
+    out = _FusedLinearLoss.apply(hidden, weight, bias, backend, spec, inputs.teacher, inputs, want_diagnostics,
+                                chunk_size)
     names = sorted(spec.diagnostics) if want_diagnostics else []
     return PerRowLoss(loss=out[0], kd=out[1], ce=out[2], correct=out[3], diagnostics=dict(zip(names, out[4:])))

@@ -1,5 +1,5 @@
-"""What a per-row loss computes (the objective with its parameters, the inputs of one call) and how many
-rows a chunk of it holds.
+"""What a per-row loss computes (the objective with its parameters, the inputs of one call), what it
+returns (:class:`PerRowLoss`) and how many rows a chunk of it holds.
 
 Every backend (chunked torch, Triton) computes, for each row ``r`` of a ``[N, V_s]`` student and a
 ``[N, V_t]`` teacher logit matrix,
@@ -27,8 +27,8 @@ from todi.util.labels import IGNORE_INDEX
 from todi.objectives import Objective, get, reduce
 
 __all__ = [
-    "FUSED_HEAD_FACTOR", "TEMPORARY_BYTES", "BackendOutput", "LossInputs", "LossSpec", "SparseTargets",
-    "rows_per_chunk", "take_rows",
+    "FUSED_HEAD_FACTOR", "TEMPORARY_BYTES", "BackendOutput", "LossInputs", "LossSpec", "PerRowLoss",
+    "SparseTargets", "rows_per_chunk", "take_rows",
 ]
 
 
@@ -160,15 +160,25 @@ class LossInputs:
 
 
 @dataclass
-class BackendOutput:
-    """Per-row outputs (float32 ``[N]``), the requested diagnostics (name → float32 ``[N]``), and
-    the weighted loss's gradient (``[N, V_s]`` in the student's dtype, or None)."""
+class PerRowLoss:
+    """What a backend returns for one call's rows, and what the criterion reads.
+
+    kd, ce, correct: float32 ``[N]`` (detached); diagnostics: the requested ones (name → float32 ``[N]``).
+    grad: a backend's gradient of the weighted loss with respect to the student logits (``[N, V_s]`` in
+        the student's dtype), or None (not asked for, or already handed to autograd).
+    loss: float32 ``[N]``, ce_weight·ce + kd_weight·kd, differentiable (:func:`todi.kernels.per_row_loss`),
+        or None in a backend's own output (its ``grad`` holds the derivative instead).
+    """
 
     kd: Tensor
     ce: Tensor
     correct: Tensor
     diagnostics: dict[str, Tensor]
-    grad: Tensor | None
+    grad: Tensor | None = None
+    loss: Tensor | None = None
+
+
+BackendOutput = PerRowLoss  # the name the Triton launcher imports
 
 
 # How many rows a chunk holds: one memory budget for every chunked loop of the package. A chunk's

@@ -196,7 +196,7 @@ class AdaKD:
 
     Usage: pass as ``planner=`` to :class:`~todi.loss.criterion.DistillationLoss`; call :meth:`update`
     once per optimizer step on every rank with the step's local sums of the criterion's
-    ``stats["kd"]`` and ``stats["kd_tokens"]``.
+    ``stats.kd`` and ``stats.kd_tokens``.
     """
 
     def __init__(
@@ -324,7 +324,7 @@ class AdaKD:
         """Advance LATF by one optimizer step.
 
         ``kd_sum``/``kd_tokens``: this rank's sums over the step's micro-batches of the criterion's
-        ``stats["kd"]`` and ``stats["kd_tokens"]``. They are all-reduced here when torch.distributed
+        ``stats.kd`` and ``stats.kd_tokens``. They are all-reduced here when torch.distributed
         is initialised, so every rank must call update() at every step. The tracked loss is the
         mean per selected token, Σ(τ/T)²·D / Σ|selected| = kd_sum·r / kd_tokens; a step without
         selected tokens leaves the state unchanged (but counts as a step).

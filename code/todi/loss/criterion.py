@@ -13,6 +13,7 @@ data pipeline shifts them) and ``ignore_index`` marks prompt and padding positio
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,12 +22,42 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from todi import kernels
-from todi.kernels import IMPLEMENTATIONS
 from todi.util.labels import IGNORE_INDEX
 from todi.objectives import Temperature, canonical_name
 from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
-__all__ = ["DistillationLoss", "KDPlan", "LossOutput", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
+__all__ = ["DistillationLoss", "KDPlan", "LossOutput", "LossStats", "TokenPlanner", "cross_entropy_sum", "loss_scale"]
+
+
+@dataclass
+class LossStats(Mapping):
+    """A micro-batch's statistics: detached float32 scalars, each a *sum* over its response tokens,
+    to be reduced by the caller.
+
+    ce: the cross-entropy; correct: argmax hits; kd: the weighted divergence as it enters the loss
+    and kd_tokens: the positions with a KD term (both None without a teacher); planner: what a token
+    planner (AdaKD) adds, by name. Also readable as a mapping by name (``stats["kd"]``), holding
+    the fields that are set and the planner's entries.
+    """
+
+    ce: Tensor
+    correct: Tensor
+    kd: Tensor | None = None
+    kd_tokens: Tensor | None = None
+    planner: dict[str, Tensor] = field(default_factory=dict)
+
+    def _entries(self) -> dict[str, Tensor]:
+        fields = {"ce": self.ce, "correct": self.correct, "kd": self.kd, "kd_tokens": self.kd_tokens}
+        return {**{k: v for k, v in fields.items() if v is not None}, **self.planner}
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._entries()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
 
 
 @dataclass
@@ -35,17 +66,14 @@ class LossOutput:
 
     loss: scalar float32, the summed loss over response tokens (differentiable).
     num_tokens: scalar int64, the number of response tokens.
-    stats: detached float32 scalars, each a *sum* over response tokens, to be reduced by the caller:
-        ``ce`` (cross-entropy), ``kd`` (the weighted divergence as it enters the loss),
-        ``correct`` (argmax hits); with a teacher also ``kd_tokens`` (positions with a KD term),
-        plus what a token planner (AdaKD) adds.
+    stats: its :class:`LossStats` (sums over response tokens).
     diagnostics: with ``diagnostics=True``, the objective's named diagnostics (its registry
-        entry, e.g. ``todi_alpha``), each a sum over the KD positions (divide by ``kd_tokens``).
+        entry, e.g. ``todi_alpha``), each a sum over the KD positions (divide by ``stats.kd_tokens``).
     """
 
     loss: Tensor
     num_tokens: Tensor
-    stats: dict[str, Tensor] = field(default_factory=dict)
+    stats: LossStats
     diagnostics: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -133,8 +161,7 @@ class DistillationLoss:
         self.objective = canonical_name(objective) if objective is not None else None
         if self.objective is None and kd_rate > 0:
             raise ValueError("kd_rate > 0 needs a KD objective; use objective=None only with kd_rate=0 (SFT)")
-        if impl not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLEMENTATIONS)}")
+        kernels.check_impl(impl)
         # unknown or out-of-range parameters fail here, with or without a teacher
         spec = kernels.LossSpec.make(self.objective, params) if self.objective is not None else kernels.LossSpec(None)
         self.spec = spec if kd_rate > 0 else kernels.LossSpec(None)
@@ -147,15 +174,18 @@ class DistillationLoss:
         self.vocab_size = vocab_size
 
     def _kd_vocab(self, v_student: int, teacher_logits: Tensor | None) -> int:
-        """The compared vocabulary: ``vocab_size`` (checked against both logits) or min(V_s, V_t)."""
+        """The compared vocabulary: ``vocab_size`` (checked against both logits; no teacher logits:
+        sparse targets) or min(V_s, V_t); all of the student's when the loss uses no teacher."""
         if not self.uses_teacher:
             return v_student
-        v_teacher = teacher_logits.shape[-1]
+        v_teacher = None if teacher_logits is None else teacher_logits.shape[-1]
+        limit = v_student if v_teacher is None else min(v_student, v_teacher)
         if self.vocab_size is None:
-            return min(v_student, v_teacher)
-        if self.vocab_size > min(v_student, v_teacher):
+            return limit
+        if self.vocab_size > limit:
+            teacher = "" if v_teacher is None else f", teacher {v_teacher}"
             raise ValueError(f"vocab_size {self.vocab_size} exceeds the logits' vocabulary "
-                             f"(student {v_student}, teacher {v_teacher})")
+                             f"(student {v_student}{teacher})")
         return self.vocab_size
 
     @property
@@ -178,39 +208,12 @@ class DistillationLoss:
             diagnostics: also compute the objective's diagnostics (e.g. mean ToDi α).
         """
         if teacher_sparse is not None:
-            return self._sparse_call(student_logits, labels, teacher_sparse, diagnostics)
-        self._check_shapes(student_logits.shape, labels, teacher_logits, "logits")
-        impl = kernels.resolve(self.impl, student_logits, self.spec)
+            teacher_logits = None  # the targets stand for the teacher
+        self._check_shapes(student_logits.shape, labels, teacher_logits, teacher_sparse, "logits")
         vocab = self._kd_vocab(student_logits.shape[-1], teacher_logits)
-        plan = self._plan(student_logits[..., :vocab], teacher_logits, labels, vocab)
-        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan)
-        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
-        return self._output(rows, labels, plan)
-
-    def _sparse_call(self, student_logits: Tensor, labels: Tensor, sparse: "kernels.SparseTargets",
-                     diagnostics: bool) -> LossOutput:
-        """The loss against sparse teacher targets: D over the coarsened distributions (chunked kernel)."""
-        if not self.uses_teacher:
-            raise ValueError("sparse teacher targets need a KD objective with kd_rate > 0")
-        k = sparse.ids.shape[-1]
-        if sparse.ids.shape[:-1] != labels.shape or sparse.log_probs.shape != (*labels.shape, k + 1):
-            raise ValueError(f"sparse teacher targets {tuple(sparse.ids.shape)} / {tuple(sparse.log_probs.shape)} "
-                             f"do not match labels {tuple(labels.shape)} (ids [..., k], log-probs [..., k + 1])")
-        if student_logits.shape[:-1] != labels.shape:
-            raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(student_logits.shape)}")
-        impl = kernels.resolve(self.impl, student_logits, self.spec)
-        impl = "reference" if impl == "reference" else "chunked"  # no Triton branch for sparse targets
-        vocab = min(self.vocab_size or student_logits.shape[-1], student_logits.shape[-1])
-        flat = kernels.SparseTargets(sparse.ids.reshape(-1, k), sparse.log_probs.reshape(-1, k + 1), sparse.temperature)
-        plan = None
-        if self.planner is not None:  # difficulty on the coarsened distributions, as "logits" at T
-            with torch.no_grad():
-                t = self.temperature
-                student = coarse_log_probs(student_logits.detach()[..., :vocab], sparse.ids, t) * t
-                teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, t) * t
-            plan = self.planner.plan(student, teacher, labels.ne(self.ignore_index), t, labels=labels)
-        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, None, plan, sparse=flat)
-        rows = kernels.per_row_loss(impl, self.spec, inputs, want_diagnostics=diagnostics)
+        plan = self._plan(student_logits[..., :vocab], labels, teacher_logits, teacher_sparse)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan, teacher_sparse)
+        rows = kernels.per_row_loss(self.impl, self.spec, inputs, want_diagnostics=diagnostics)
         return self._output(rows, labels, plan)
 
     def loss_from_hidden(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
@@ -220,44 +223,67 @@ class DistillationLoss:
         (:func:`todi.kernels.fused_linear_loss`): ``hidden`` ``[B, L, H]``, ``weight`` ``[V_s, H]``."""
         if self.planner is not None:
             raise ValueError("the fused lm_head path does not support a token planner (AdaKD needs the full logits)")
-        self._check_shapes(hidden.shape, labels, teacher_logits, "hidden states")
-        impl = kernels.resolve(self.impl, hidden, self.spec)
-        if impl == "reference":
-            raise ValueError("the fused lm_head path computes gradients in the forward: use impl auto, chunked or triton")
+        self._check_shapes(hidden.shape, labels, teacher_logits, None, "hidden states")
         vocab = self._kd_vocab(weight.shape[0], teacher_logits)
         h = hidden.reshape(-1, hidden.shape[-1])
-        inputs = self._inputs(h, vocab, labels, teacher_logits, None)
-        rows = kernels.fused_linear_loss(impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
+        plan = self._plan(None, labels, teacher_logits, None)
+        inputs = self._inputs(h, vocab, labels, teacher_logits, plan, None)
+        rows = kernels.fused_linear_loss(self.impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
                                          chunk_size=chunk_size)
-        return self._output(rows, labels, None)
+        return self._output(rows, labels, plan)
 
-    def _check_shapes(self, student_shape, labels: Tensor, teacher_logits: Tensor | None, what: str) -> None:
+    def _check_shapes(self, student_shape, labels: Tensor, teacher_logits: Tensor | None,
+                      sparse: "kernels.SparseTargets | None", what: str) -> None:
+        if sparse is not None:
+            self._check_sparse(sparse, labels)
         if student_shape[:-1] != labels.shape:
             raise ValueError(f"labels {tuple(labels.shape)} do not match {what} {tuple(student_shape)}")
-        if self.uses_teacher:
+        if self.uses_teacher and sparse is None:
             if teacher_logits is None:
                 raise ValueError(f"objective {self.objective} with kd_rate {self.kd_rate} needs teacher logits")
             if teacher_logits.shape[:-1] != student_shape[:-1]:
                 raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match {what} "
                                  f"{tuple(student_shape)} in their leading dimensions")
 
-    def _plan(self, student_kd: Tensor, teacher_logits: Tensor | None, labels: Tensor, vocab: int) -> KDPlan | None:
+    def _check_sparse(self, sparse: "kernels.SparseTargets", labels: Tensor) -> None:
+        if not self.uses_teacher:
+            raise ValueError("sparse teacher targets need a KD objective with kd_rate > 0")
+        k = sparse.ids.shape[-1]
+        if sparse.ids.shape[:-1] != labels.shape or sparse.log_probs.shape != (*labels.shape, k + 1):
+            raise ValueError(f"sparse teacher targets {tuple(sparse.ids.shape)} / {tuple(sparse.log_probs.shape)} "
+                             f"do not match labels {tuple(labels.shape)} (ids [..., k], log-probs [..., k + 1])")
+
+    def _plan(self, student_kd: Tensor | None, labels: Tensor, teacher_logits: Tensor | None,
+              sparse: "kernels.SparseTargets | None") -> KDPlan | None:
+        """Which positions get a KD term, at which temperature and weight (None without a teacher):
+        the response positions at the KD temperature, or what the planner decides from the student's
+        logits over the compared vocabulary ``student_kd`` and the teacher's."""
         if not self.uses_teacher:
             return None
         mask = labels.ne(self.ignore_index)
-        if self.planner is not None:
-            return self.planner.plan(student_kd, teacher_logits[..., :vocab], mask, self.temperature, labels=labels)
-        return KDPlan(mask=mask, temperature=self.temperature)
+        if self.planner is None:
+            return KDPlan(mask=mask, temperature=self.temperature)
+        t = self.temperature
+        if sparse is None:
+            return self.planner.plan(student_kd, teacher_logits[..., : student_kd.shape[-1]], mask, t, labels=labels)
+        with torch.no_grad():  # difficulty on the coarsened distributions, as "logits" at T
+            student = coarse_log_probs(student_kd.detach(), sparse.ids, t) * t
+            teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, t) * t
+        return self.planner.plan(student, teacher, mask, t, labels=labels)
 
     def _inputs(self, student_rows: Tensor, vocab: int, labels: Tensor, teacher_logits: Tensor | None,
-                plan: KDPlan | None, sparse: "kernels.SparseTargets | None" = None) -> "kernels.LossInputs":
+                plan: KDPlan | None, sparse: "kernels.SparseTargets | None") -> "kernels.LossInputs":
         """The per-row inputs of CE + KD, assembled in this one place for every implementation."""
         shape, device = labels.shape, student_rows.device
         kd_weight: float | Tensor = 0.0
-        teacher, kd_mask, temperature = None, None, 1.0
+        teacher, flat_sparse, kd_mask, temperature = None, None, None, 1.0
         if self.uses_teacher:
-            teacher = kernels.flatten_rows(teacher_logits) if sparse is None else None
-            plan = plan if plan is not None else KDPlan(mask=labels.ne(self.ignore_index), temperature=self.temperature)
+            if sparse is None:
+                teacher = kernels.flatten_rows(teacher_logits)
+            else:
+                k = sparse.ids.shape[-1]
+                flat_sparse = kernels.SparseTargets(sparse.ids.reshape(-1, k), sparse.log_probs.reshape(-1, k + 1),
+                                                    sparse.temperature)
             kd_mask, temperature = plan.mask.reshape(-1), plan.temperature
             kd_weight = self.kd_rate if plan.weight is None else self.kd_rate * plan.weight
         return kernels.LossInputs(
@@ -265,18 +291,16 @@ class DistillationLoss:
             temperature=kernels.broadcast_rows(temperature, shape, device),
             kd_weight=kernels.broadcast_rows(kd_weight, shape, device),
             ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0, ignore_index=self.ignore_index,
-            sparse=sparse,
+            sparse=flat_sparse,
         )
 
     def _output(self, rows: "kernels.PerRowLoss", labels: Tensor, plan: KDPlan | None) -> LossOutput:
         """The micro-batch's LossOutput from its per-row losses: sums, statistics, diagnostics."""
-        mask = labels.ne(self.ignore_index)
-        stats = {"ce": rows.ce.sum(), "correct": rows.correct.sum()}
-        if self.uses_teacher:
-            weight = plan.weight if plan is not None else None
-            stats["kd"] = (rows.kd if weight is None else rows.kd * weight.reshape(-1).float()).sum()
-            stats["kd_tokens"] = (plan.mask if plan is not None else mask).sum().float()
-            if plan is not None:
-                stats.update(plan.stats)
+        stats = LossStats(ce=rows.ce.sum(), correct=rows.correct.sum())
+        if plan is not None:
+            stats.kd = (rows.kd if plan.weight is None else rows.kd * plan.weight.reshape(-1).float()).sum()
+            stats.kd_tokens = plan.mask.sum().float()
+            stats.planner = dict(plan.stats)
         diagnostics = {name: value.sum() for name, value in rows.diagnostics.items()}
-        return LossOutput(loss=rows.loss.sum(), num_tokens=mask.sum(), stats=stats, diagnostics=diagnostics)
+        return LossOutput(loss=rows.loss.sum(), num_tokens=labels.ne(self.ignore_index).sum(), stats=stats,
+                          diagnostics=diagnostics)

@@ -121,12 +121,6 @@ def divergence(
     """
     spec = kernels.LossSpec.make(name, params)  # validates the name and the parameters
     check_logits(student_logits, teacher_logits, mask, temperature)
-    impl = kernels.resolve(impl, student_logits, spec)
-    if impl == "reference":
-        values = evaluate(spec.objective, student_logits, teacher_logits, temperature=temperature, **spec.kwargs)
-        if mask is not None:
-            values = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
-        return values
     shape = student_logits.shape[:-1]
     student, teacher = kernels.flatten_rows(student_logits), kernels.flatten_rows(teacher_logits)
     n = student.shape[0]

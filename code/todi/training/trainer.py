@@ -33,7 +33,7 @@ from todi.kernels import SparseTargets
 from todi.util.labels import IGNORE_INDEX
 from todi.util.log import MetricsLog, format_record, logger, setup_logging
 from todi.training.resume import RunDirectory
-from todi.training.step_metrics import StepMetrics
+from todi.training.step_metrics import StepMetrics, StepSums
 from todi.training import setup
 
 __all__ = ["Trainer", "main", "student_loss", "teacher_forward"]
@@ -105,7 +105,7 @@ class Trainer:
         # --report-to: the same records as live events (TensorBoard, CSV, W&B), written by rank 0
         self.monitor = setup.build_monitor(args, env, self.save_dir, fresh=self.run.resume_tag is None)
         self._rng_to_restore = None
-        self.state_epoch_sums: dict[str, float] = {}  # epoch sums of steps before the last saved state
+        self.state_epoch_sums = StepSums()  # epoch sums of steps before the last saved state
         if self.run.resume_tag is None:
             self.log_file.clear()  # a new run: the records of an earlier one would mix in
         else:
@@ -114,10 +114,9 @@ class Trainer:
     # ------------------------------------------------------------------ resume
 
     def _save_state(self) -> None:
-        for key, value in self.epoch_metrics.reduce().items():
-            self.state_epoch_sums[key] = self.state_epoch_sums.get(key, 0.0) + value
+        self.state_epoch_sums = self.state_epoch_sums + self.epoch_metrics.reduce()
         self.state.best = self.best.entries
-        extra = {"epoch_sums": dict(self.state_epoch_sums)}
+        extra = {"epoch_sums": self.state_epoch_sums.to_dict()}
         if self.adakd is not None:
             extra["adakd"] = self.adakd.state_dict()
         self.run.save(self.engine, self.state, extra)
@@ -125,7 +124,7 @@ class Trainer:
     def _load_state(self) -> None:
         self.state, extra = self.run.load(self.engine)
         self.best.entries = [e for e in self.state.best if Path(e["path"]).is_dir()]
-        self.state_epoch_sums = dict(extra.get("epoch_sums", {}))
+        self.state_epoch_sums = StepSums.from_dict(extra.get("epoch_sums", {}))
         if self.adakd is not None:
             if "adakd" not in extra:
                 raise SystemExit(f"{self.run.where} holds no AdaKD state")
@@ -157,7 +156,7 @@ class Trainer:
         local_tokens = torch.stack([b.labels.ne(IGNORE_INDEX).sum() for b in batches]).sum()
         global_tokens = all_reduce_sum(local_tokens.float())
         scale = loss_scale(global_tokens, self.args.gradient_accumulation_steps, self.env.world_size)
-        kd_sum = kd_tokens = None
+        step_stats = []
         for host_batch, batch in zip(micro_batches, batches):
             teacher_logits = teacher_forward(self.teacher, batch) if self.teacher is not None else None
             out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
@@ -165,57 +164,38 @@ class Trainer:
                                fused=self.args.fused_lm_head)
             self.engine.backward(out.loss * scale)
             self.engine.step()
-            for metrics in (self.metrics, self.epoch_metrics):
-                metrics.add("loss", out.loss)
-                metrics.add("tokens", out.num_tokens)
-            self._add_stats(out, diagnostics)
-            self.metrics.add_host("examples", host_batch.num_examples)
-            self.metrics.add_host("input_tokens", host_batch.num_input_tokens)
-            if "kd" in out.stats:
-                kd_sum = out.stats["kd"] if kd_sum is None else kd_sum + out.stats["kd"]
-                kd_tokens = out.stats["kd_tokens"] if kd_tokens is None else kd_tokens + out.stats["kd_tokens"]
-        self.metrics.add_host("steps", 1)
-        if self.adakd is not None:
-            self.adakd.update(kd_sum, kd_tokens)
-
-    def _add_stats(self, out: LossOutput, diagnostics: bool) -> None:
-        for name, value in out.stats.items():
-            self.metrics.add(name, value)
-        for name, value in out.diagnostics.items():  # the objective's named diagnostics, per KD token
-            self.metrics.add(f"diagnostic/{name}", value)
-            self.metrics.add(f"diagnostic_tokens/{name}", out.stats["kd_tokens"])
-        if "kd" in out.stats:
-            self.epoch_metrics.add("kd", out.stats["kd"])
-            self.epoch_metrics.add("kd_tokens", out.stats["kd_tokens"])
-        self.epoch_metrics.add("ce", out.stats["ce"])
+            self.metrics.add(out)
+            self.epoch_metrics.add(out)
+            self.metrics.add_batch(host_batch.num_examples, host_batch.num_input_tokens)
+            step_stats.append(out.stats)
+        self.metrics.add_step()
+        if self.adakd is not None:  # LATF moves once per optimizer step, on the step's local sums
+            self.adakd.update(sum(s.kd for s in step_stats), sum(s.kd_tokens for s in step_stats))
 
     def _log_interval(self, epoch: int) -> None:
         sums = self.metrics.reduce()
         now = time.perf_counter()
         elapsed, self._last_log_time = now - self._last_log_time, now
-        tokens = max(sums.pop("tokens"), 1.0)
-        record = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.pop("loss") / tokens,
-                  "ce": sums.pop("ce") / tokens, "acc": sums.pop("correct") / tokens}
-        kd_tokens = sums.pop("kd_tokens", None)
-        if kd_tokens is not None:
-            record["kd"] = sums.pop("kd") / max(kd_tokens, 1.0)
-            record["kd_token_ratio"] = kd_tokens / tokens  # < 1 when a planner (AdaKD) skips tokens
-        for name in [k for k in sums if k.startswith("diagnostic/")]:
-            short = name.split("/", 1)[1]
-            record[short] = sums.pop(name) / max(sums.pop(f"diagnostic_tokens/{short}"), 1.0)
+        tokens = max(sums.tokens, 1.0)
+        record = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.loss / tokens,
+                  "ce": sums.ce / tokens, "acc": sums.correct / tokens}
+        if sums.kd_tokens is not None:
+            record["kd"] = sums.kd / max(sums.kd_tokens, 1.0)
+            record["kd_token_ratio"] = sums.kd_tokens / tokens  # < 1 when a planner (AdaKD) skips tokens
+        for name, total in sums.diagnostics.items():
+            record[name] = total / max(sums.diagnostic_tokens[name], 1.0)
         record["lr"] = float(self.scheduler.get_last_lr()[0])
         grad_norm = self.engine.get_global_grad_norm()
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
-        steps, examples, input_tokens = sums.pop("steps"), sums.pop("examples"), sums.pop("input_tokens")
-        for name, value in sums.items():  # what a token planner adds, per response token
+        for name, value in sums.planner.items():  # what a token planner adds, per response token
             record[name] = value / tokens
         if self.adakd is not None:
             record.update({f"adakd_{k}": v for k, v in self.adakd.log_stats().items()})
         record.update({
-            "step_time": elapsed / max(steps / self.env.world_size, 1.0), "examples": int(examples),
-            "input_tokens": int(input_tokens), "examples_per_s": examples / elapsed,
-            "tokens_per_s": input_tokens / elapsed, "elapsed": now - self._start_time,
+            "step_time": elapsed / max(sums.steps / self.env.world_size, 1.0), "examples": int(sums.examples),
+            "input_tokens": int(sums.input_tokens), "examples_per_s": sums.examples / elapsed,
+            "tokens_per_s": sums.input_tokens / elapsed, "elapsed": now - self._start_time,
         })
         if self.env.device.type == "cuda":
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2**30
@@ -288,15 +268,13 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int, last: bool) -> None:
         args = self.args
-        sums = self.epoch_metrics.reduce()
-        for key, value in self.state_epoch_sums.items():
-            sums[key] = sums.get(key, 0.0) + value
-        self.state_epoch_sums = {}
-        tokens = max(sums.get("tokens", 0.0), 1.0)
-        summary = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.get("loss", 0.0) / tokens,
-                   "ce": sums.get("ce", 0.0) / tokens}
-        if "kd" in sums:
-            summary["kd"] = sums["kd"] / max(sums.get("kd_tokens", 0.0), 1.0)
+        sums = self.epoch_metrics.reduce() + self.state_epoch_sums
+        self.state_epoch_sums = StepSums()
+        tokens = max(sums.tokens, 1.0)
+        summary = {"epoch": epoch + 1, "step": self.state.global_step, "loss": sums.loss / tokens,
+                   "ce": sums.ce / tokens}
+        if sums.kd is not None:
+            summary["kd"] = sums.kd / max(sums.kd_tokens, 1.0)
         logger.info("train epoch | " + format_record(summary))
         self.log_file.write({"split": "train_epoch", **summary})
         self.monitor.write("epoch", summary, self.state.global_step)

@@ -14,26 +14,7 @@ from todi.kernels import LossSpec, LossInputs, chunked, per_row_loss, reference_
 from todi.kernels.profiling import peak_extra_bytes
 
 from _cases import CASES, IDS
-
-
-def make_pair(*shape, dtype=torch.float32, seed=0, scale=3.0, specials=True):
-    """Random student/teacher logits with the edge cases the semantics define.
-
-    With ``specials``: a student −inf entry, a teacher +inf entry, a shared −inf column, a row where
-    the student has no finite logit and one where the teacher has none.
-    """
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(*shape, generator=g) * scale
-    t = torch.randn(*shape, generator=g) * scale
-    if specials:
-        s2, t2 = s.view(-1, shape[-1]), t.view(-1, shape[-1])
-        s2[0, 3] = -math.inf
-        t2[0, 4] = math.inf
-        s2[1, 5] = math.inf
-        s2[:, 7], t2[:, 7] = -math.inf, -math.inf
-        s2[2, :] = -math.inf
-        t2[3, :] = -math.inf
-    return s.to(dtype), t.to(dtype)
+from _logits import make_pair
 
 
 def value_and_grad(fn, student):
@@ -152,15 +133,29 @@ def test_second_backward_is_a_clear_error():
 
 def test_impl_resolution_and_errors():
     x = torch.zeros(2, 3)
-    assert kernels.resolve("auto", x) == "chunked"
-    assert kernels.resolve("reference", x) == "reference"
+    spec = LossSpec.make("ToDi")
+
+    def inputs(teacher=x, **kw):
+        return LossInputs(student=x, teacher=teacher, vocab=3, labels=None, kd_mask=torch.ones(2, dtype=torch.bool),
+                          temperature=1.0, kd_weight=1.0, ce_weight=0.0, **kw)
+
+    assert kernels.choose_backend("auto", spec, inputs()) == "chunked"
+    assert kernels.choose_backend("reference", spec, inputs()) == "reference"
     with pytest.raises(ValueError, match="impl"):
-        kernels.resolve("fast", x)
+        kernels.choose_backend("fast", spec, inputs())
     with pytest.raises(ValueError, match="impl"):
         DistillationLoss("ToDi", impl="fast")
     if not kernels.triton_available():
         with pytest.raises(ValueError, match="triton"):
             divergence("ToDi", x, x, impl="triton")
+    # the fallbacks: gradients the kernels do not compute → reference; sparse targets → chunked
+    assert kernels.choose_backend("chunked", spec, inputs(x.clone().requires_grad_(True))) == "reference"
+    sparse = kernels.SparseTargets(torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 2), 1.0)
+    assert kernels.choose_backend("auto", spec, inputs(None, sparse=sparse)) == "chunked"
+    with pytest.raises(ValueError, match="does not differentiate the teacher logits"):
+        kernels.choose_backend("chunked", spec, inputs(x.clone().requires_grad_(True)), fused=True)
+    with pytest.raises(ValueError, match="computes gradients in the forward"):
+        kernels.choose_backend("reference", spec, inputs(), fused=True)
 
 
 def test_bad_labels_are_a_clear_error():

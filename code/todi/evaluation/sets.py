@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from todi.data.instructions import DataError, read_jsonl
-from todi.generation.sampling import SamplingConfig, generate
+from todi.generation.sampling import SamplingConfig, sample_answers
 from todi.evaluation.rouge import compute_metrics
 from todi.evaluation.results import check_set_name, write_result
 
@@ -94,15 +94,15 @@ def evaluate_sets(
             raise DataError(f"{eval_set.path}: no examples to evaluate (data_num={data_num})")
         for seed in seeds:
             start = time.perf_counter()
-            predictions = generate(
+            answers = sample_answers(
                 model, tokenizer, prompts, config, seed=seed, batch_size=batch_size,
                 rank=rank, world_size=world_size, progress=rank == 0,
             )
+            predictions, lengths = answers.texts, answers.new_tokens
             seconds = time.perf_counter() - start
             if rank != 0:
                 continue
             scores = compute_metrics(predictions, references)
-            lengths = [len(ids) for ids in tokenizer(predictions, add_special_tokens=False)["input_ids"]]
             record = {
                 **scores,
                 "num_examples": len(prompts),

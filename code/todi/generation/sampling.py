@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["SamplingConfig", "generate", "gumbel_noise"]
+__all__ = ["Answers", "SamplingConfig", "answer_lengths", "generate", "gumbel_noise", "sample_answers"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -165,8 +165,31 @@ def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tens
     return ids.to(device), mask.to(device)
 
 
+@dataclass(frozen=True)
+class Answers:
+    """Sampled answers in dataset order: ``texts`` (decoded, stripped) and ``new_tokens``, the tokens each
+    answer generated before its stop token (at most ``max_new_tokens``; re-tokenising the decoded text
+    can give another count, since decoding is not invertible for byte-level tokenizers)."""
+
+    texts: list[str]
+    new_tokens: list[int]
+
+
+def answer_lengths(generated: Tensor, stop_ids: list[int]) -> list[int]:
+    """Tokens before the first stop token of each row of ``generated`` [B, L] (L where there is none);
+    what follows a stop token is the padding of a finished row."""
+    stops = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
+    first = torch.where(stops.any(dim=1), stops.int().argmax(dim=1), generated.shape[1])
+    return first.tolist()
+
+
+def generate(model, tokenizer, prompts: list[str], config: SamplingConfig = SamplingConfig(), **kwargs) -> list[str]:
+    """The answers' texts of :func:`sample_answers` (same arguments), in the order of ``prompts``."""
+    return sample_answers(model, tokenizer, prompts, config, **kwargs).texts
+
+
 @torch.no_grad()
-def generate(
+def sample_answers(
     model,
     tokenizer,
     prompts: list[str],
@@ -178,7 +201,7 @@ def generate(
     world_size: int = 1,
     synced_gpus: bool = False,
     progress: bool = False,
-) -> list[str]:
+) -> Answers:
     """Answers to ``prompts`` (decoded, without the prompt and special tokens), in the same order.
 
     With ``world_size > 1`` every rank passes the same prompts, generates a share of them and all
@@ -192,7 +215,7 @@ def generate(
     if batch_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if not prompts:
-        return []
+        return Answers([], [])
     device = next(model.parameters()).device
     encoded = _encode_prompts(tokenizer, prompts, config.max_prompt_length)
     # Longest first: similar lengths share a batch (little padding) and memory peaks early.
@@ -218,7 +241,7 @@ def generate(
     )
     was_training = model.training
     model.eval()
-    results: dict[int, str] = {}
+    results: dict[int, tuple[str, int]] = {}
     iterator = batches
     if progress:
         from tqdm import tqdm
@@ -238,16 +261,18 @@ def generate(
         )
         if dummy:
             continue
-        texts = tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
-        results.update(zip(batch, (t.strip() for t in texts)))
+        new = out[:, ids.shape[1]:]
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        results.update(zip(batch, zip((t.strip() for t in texts), answer_lengths(new, gen_config.eos_token_id))))
     if was_training:
         model.train()
 
     if world_size > 1:
         import torch.distributed as dist
 
-        gathered: list[dict[int, str]] = [{} for _ in range(world_size)]
+        gathered: list[dict[int, tuple[str, int]]] = [{} for _ in range(world_size)]
         dist.all_gather_object(gathered, results)
         for part in gathered:
             results.update(part)
-    return [results[i] for i in range(len(prompts))]
+    answers = [results[i] for i in range(len(prompts))]
+    return Answers([text for text, _ in answers], [n for _, n in answers])

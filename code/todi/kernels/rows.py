@@ -27,7 +27,7 @@ from todi.util.labels import IGNORE_INDEX
 from todi.objectives import Objective, get, reduce
 
 __all__ = [
-    "FUSED_HEAD_FACTOR", "TEMPORARY_BYTES", "BackendOutput", "LossInputs", "LossSpec", "PerRowLoss",
+    "FUSED_HEAD_FACTOR", "TEMPORARY_BYTES", "LossInputs", "LossSpec", "PerRowLoss",
     "SparseTargets", "rows_per_chunk", "take_rows",
 ]
 
@@ -176,9 +176,6 @@ class PerRowLoss:
     diagnostics: dict[str, Tensor]
     grad: Tensor | None = None
     loss: Tensor | None = None
-
-
-BackendOutput = PerRowLoss  # the name the Triton launcher imports
 
 
 # How many rows a chunk holds: one memory budget for every chunked loop of the package. A chunk's

@@ -13,7 +13,6 @@ data pipeline shifts them) and ``ignore_index`` marks prompt and padding positio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,14 +29,13 @@ __all__ = ["DistillationLoss", "KDPlan", "LossOutput", "LossStats", "TokenPlanne
 
 
 @dataclass
-class LossStats(Mapping):
+class LossStats:
     """A micro-batch's statistics: detached float32 scalars, each a *sum* over its response tokens,
     to be reduced by the caller.
 
     ce: the cross-entropy; correct: argmax hits; kd: the weighted divergence as it enters the loss
     and kd_tokens: the positions with a KD term (both None without a teacher); planner: what a token
-    planner (AdaKD) adds, by name. Also readable as a mapping by name (``stats["kd"]``), holding
-    the fields that are set and the planner's entries.
+    planner (AdaKD) adds, by name.
     """
 
     ce: Tensor
@@ -46,18 +44,10 @@ class LossStats(Mapping):
     kd_tokens: Tensor | None = None
     planner: dict[str, Tensor] = field(default_factory=dict)
 
-    def _entries(self) -> dict[str, Tensor]:
+    def entries(self) -> dict[str, Tensor]:
+        """Every statistic that is set, by name (the planner's included): for comparing and logging."""
         fields = {"ce": self.ce, "correct": self.correct, "kd": self.kd, "kd_tokens": self.kd_tokens}
         return {**{k: v for k, v in fields.items() if v is not None}, **self.planner}
-
-    def __getitem__(self, name: str) -> Tensor:
-        return self._entries()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries())
-
-    def __len__(self) -> int:
-        return len(self._entries())
 
 
 @dataclass
@@ -94,11 +84,22 @@ class KDPlan:
 
 
 class TokenPlanner(Protocol):
-    """Decides the KD plan of a micro-batch (implemented by :class:`todi.loss.adakd.AdaKD`)."""
+    """Decides the KD plan of a micro-batch (implemented by :class:`todi.loss.adakd.AdaKD`). The criterion
+    owns its planner; the trainer reaches it as ``criterion.planner`` to step, log and checkpoint it."""
 
     def plan(
         self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float, *, labels: Tensor
     ) -> KDPlan: ...
+
+    def update(self, kd_sum: Tensor, kd_tokens: Tensor) -> None:
+        """Once per optimizer step, with the step's summed KD loss and its number of KD tokens."""
+
+    def log_stats(self) -> dict[str, float]:
+        """What to log at a log interval, by metric name."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def loss_scale(global_tokens: Tensor | int, grad_accum_steps: int, world_size: int) -> Tensor | float:

@@ -177,7 +177,7 @@ def fit(objective: str, use_adakd: bool, teacher: torch.Tensor, cfg: StudyConfig
         optimizer.step()
         schedule.step()
         if adakd is not None:
-            adakd.update(out.stats["kd"], out.stats["kd_tokens"])
+            adakd.update(out.stats.kd, out.stats.kd_tokens)
     return logits.detach(), curve, (adakd.ratio if adakd is not None else None)
 
 

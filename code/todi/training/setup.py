@@ -204,7 +204,7 @@ def build_models(args: argparse.Namespace, env: DistEnv, ds: DeepSpeedSettings, 
 
 
 def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int | None = None):
-    """(criterion, AdaKD planner or None): the objective and its parameters from the registry's flags;
+    """The criterion (with its AdaKD planner when asked): the objective and its parameters from the registry's flags;
     ``vocab_size``: the compared vocabulary (:func:`todi.models.shared_vocab_size`; None: min of the two)."""
     adakd = None
     if args.adakd:
@@ -214,12 +214,12 @@ def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int 
                       delta=args.adakd_delta, warmup=args.adakd_warmup, min_ratio=args.adakd_min_ratio,
                       difficulty=args.adakd_difficulty)
     if args.criterion != "various_divergence":
-        return DistillationLoss(None, kd_rate=0.0), None
+        return DistillationLoss(None, kd_rate=0.0)
     if not uses_teacher(args):
         logger.info("--kd-rate 0: the teacher is not used (plain SFT through the same loss)")
     criterion = DistillationLoss(args.kd_objective, kd_rate=args.kd_rate, temperature=args.kd_temperature,
                                  impl=args.kd_impl, planner=adakd, vocab_size=vocab_size, **objective_kwargs(args))
-    return criterion, adakd
+    return criterion
 
 
 def build_monitor(args: argparse.Namespace, env: DistEnv, save_dir: Path, *, fresh: bool) -> TrainingMonitor:

@@ -92,7 +92,7 @@ class Trainer:
         self.uses_teacher = setup.uses_teacher(args)
         models = setup.build_models(args, env, self.ds, self.data, self.total_iters)
         self.engine, self.scheduler, self.teacher = models.engine, models.scheduler, models.teacher
-        self.criterion, self.adakd = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
+        self.criterion = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
         cache = self.data.collate.teacher_cache
         self.cache_temperature = cache.settings.temperature if cache is not None else None
         self.dev = DevEvaluation(args, env, self.ds.zero_stage)
@@ -117,18 +117,18 @@ class Trainer:
         self.state_epoch_sums = self.state_epoch_sums + self.epoch_metrics.reduce()
         self.state.best = self.best.entries
         extra = {"epoch_sums": self.state_epoch_sums.to_dict()}
-        if self.adakd is not None:
-            extra["adakd"] = self.adakd.state_dict()
+        if self.criterion.planner is not None:
+            extra["adakd"] = self.criterion.planner.state_dict()
         self.run.save(self.engine, self.state, extra)
 
     def _load_state(self) -> None:
         self.state, extra = self.run.load(self.engine)
         self.best.entries = [e for e in self.state.best if Path(e["path"]).is_dir()]
         self.state_epoch_sums = StepSums.from_dict(extra.get("epoch_sums", {}))
-        if self.adakd is not None:
+        if self.criterion.planner is not None:
             if "adakd" not in extra:
                 raise SystemExit(f"{self.run.where} holds no AdaKD state")
-            self.adakd.load_state_dict(extra["adakd"])
+            self.criterion.planner.load_state_dict(extra["adakd"])
         self._rng_to_restore = extra["rng"]
 
     # ------------------------------------------------------------------ training
@@ -169,8 +169,8 @@ class Trainer:
             self.metrics.add_batch(host_batch.num_examples, host_batch.num_input_tokens)
             step_stats.append(out.stats)
         self.metrics.add_step()
-        if self.adakd is not None:  # LATF moves once per optimizer step, on the step's local sums
-            self.adakd.update(sum(s.kd for s in step_stats), sum(s.kd_tokens for s in step_stats))
+        if self.criterion.planner is not None:  # LATF moves once per optimizer step, on the step's local sums
+            self.criterion.planner.update(sum(s.kd for s in step_stats), sum(s.kd_tokens for s in step_stats))
 
     def _log_interval(self, epoch: int) -> None:
         sums = self.metrics.reduce()
@@ -190,8 +190,8 @@ class Trainer:
             record["grad_norm"] = float(grad_norm)
         for name, value in sums.planner.items():  # what a token planner adds, per response token
             record[name] = value / tokens
-        if self.adakd is not None:
-            record.update({f"adakd_{k}": v for k, v in self.adakd.log_stats().items()})
+        if self.criterion.planner is not None:  # its names carry their prefix (adakd_ratio, adakd_tau_min, ...)
+            record.update(self.criterion.planner.log_stats())
         record.update({
             "step_time": elapsed / max(sums.steps / self.env.world_size, 1.0), "examples": int(sums.examples),
             "input_tokens": int(sums.input_tokens), "examples_per_s": sums.examples / elapsed,

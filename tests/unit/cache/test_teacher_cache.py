@@ -104,7 +104,7 @@ def test_adakd_plans_on_sparse_targets():
     crit = DistillationLoss("ToDi", kd_rate=1.0, temperature=2.0, planner=planner)
     out, grad = _run(crit, s, labels, sparse=_sparse(t, 8, 2.0))
     assert torch.isfinite(out.loss) and torch.isfinite(grad).all()
-    assert float(out.stats["kd_tokens"]) == float(labels.ne(-100).sum())  # r = 1 at the start
+    assert float(out.stats.kd_tokens) == float(labels.ne(-100).sum())  # r = 1 at the start
 
 
 def test_bad_sparse_shapes_are_a_clear_error():

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from todi.generation.sampling import SamplingConfig, _processors, generate, gumbel_noise
+from todi.generation.sampling import SamplingConfig, _processors, answer_lengths, generate, gumbel_noise, sample_answers
 from todi.models import load_model, load_tokenizer
 
 
@@ -105,3 +105,22 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="invalid sampling"):
         SamplingConfig(top_p=0.0)
     assert generate(None, None, [], seed=1) == []
+
+
+def test_answer_lengths_count_the_tokens_before_the_stop_token():
+    generated = torch.tensor([[5, 6, 7, 9, 9], [5, 0, 7, 8, 4], [1, 2, 3, 4, 5]])
+    assert answer_lengths(generated, [9]) == [3, 5, 5]
+    assert answer_lengths(generated, [9, 0]) == [3, 1, 5]
+
+
+def test_answer_token_counts_stay_within_the_budget(tiny_gpt2, shared_dir):
+    """An answer's token count is what it generated (≤ max_length − max_prompt_length), the answer text
+    the same as generate()'s; a row that stopped early ended on a stop token."""
+    model, tok = load_model(tiny_gpt2), load_tokenizer(tiny_gpt2)
+    prompts = _prompts(shared_dir, 6)
+    config = SamplingConfig(max_length=80, max_prompt_length=64)
+    answers = sample_answers(model, tok, prompts, config, seed=10, batch_size=4)
+    assert answers.texts == generate(model, tok, prompts, config, seed=10, batch_size=3)
+    budget = config.max_length - config.max_prompt_length
+    assert all(0 <= n <= budget for n in answers.new_tokens)
+    assert sample_answers(model, tok, prompts[:2], config, seed=10, batch_size=1).new_tokens == answers.new_tokens[:2]

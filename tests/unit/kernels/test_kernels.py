@@ -247,10 +247,10 @@ def test_criterion_kernel_path_matches_reference_path(objective, kd_rate, planne
 
     out, grad = run("chunked")
     ref, ref_grad = run("reference")
-    assert set(out.stats) == set(ref.stats)
+    assert set(out.stats.entries()) == set(ref.stats.entries())
     torch.testing.assert_close(out.loss.detach(), ref.loss.detach(), rtol=1e-5, atol=1e-5)
-    for key in ref.stats:
-        torch.testing.assert_close(out.stats[key].float(), ref.stats[key].float(), rtol=1e-5, atol=1e-5)
+    for key, value in ref.stats.entries().items():
+        torch.testing.assert_close(out.stats.entries()[key].float(), value.float(), rtol=1e-5, atol=1e-5)
     assert out.num_tokens == ref.num_tokens
     torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
 

@@ -218,8 +218,8 @@ def test_kd_is_the_tau_squared_weighted_mean_over_selected_tokens(objective):
     per_token = ref_divergence(objective, student, teacher, tau) * (tau / T) ** 2
     selected_sum = per_token[plan.mask].sum()
     n_response, n_selected = int(mask.sum()), int(plan.mask.sum())
-    assert n_selected == math.ceil(r * n_response) and out.stats["kd_tokens"] == n_selected
-    torch.testing.assert_close(out.stats["kd"].double(), selected_sum / r, rtol=1e-5, atol=1e-6)
+    assert n_selected == math.ceil(r * n_response) and out.stats.kd_tokens == n_selected
+    torch.testing.assert_close(out.stats.kd.double(), selected_sum / r, rtol=1e-5, atol=1e-6)
     # what the trainer computes (÷ response tokens) is the mean over the selected ones, up to ⌈·⌉
     mean_selected = selected_sum / n_selected
     assert abs(out.loss.double() / n_response - mean_selected) <= mean_selected * (1 / (r * n_response))
@@ -238,7 +238,7 @@ def test_c0_r1_equals_the_plain_objective(objective, temperature):
         logits = student.clone().requires_grad_(True)
         out = DistillationLoss(objective, kd_rate=0.5, temperature=temperature, planner=planner)(logits, labels, teacher)
         out.loss.backward()
-        results.append((out.loss, out.stats["kd"], out.stats["kd_tokens"], logits.grad))
+        results.append((out.loss, out.stats.kd, out.stats.kd_tokens, logits.grad))
     plain, ada = results
     for a, b in zip(plain, ada):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
@@ -442,7 +442,7 @@ def test_every_difficulty_runs_through_the_criterion_on_both_paths(difficulty_na
         logits = student.clone().requires_grad_(True)
         out = DistillationLoss("ToDi", kd_rate=0.5, temperature=2.0, planner=adakd, impl=impl)(logits, labels, teacher)
         out.loss.backward()
-        outs.append((out.loss, out.stats["kd_tokens"], logits.grad))
+        outs.append((out.loss, out.stats.kd_tokens, logits.grad))
     assert outs[0][1] == math.ceil(0.5 * int(mask.sum()))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -47,7 +47,7 @@ def test_sft_is_summed_cross_entropy():
     expected = torch.nn.functional.cross_entropy(logits.view(-1, V), labels.view(-1), reduction="sum")
     torch.testing.assert_close(out.loss, expected)
     assert out.num_tokens == (labels != -100).sum()
-    assert set(out.stats) == {"ce", "correct"}
+    assert set(out.stats.entries()) == {"ce", "correct"}
 
 
 @pytest.mark.parametrize("objective", list(DIVERGENCES))
@@ -61,10 +61,10 @@ def test_kd_loss_is_mix_of_ce_and_divergence_over_response_tokens(objective):
     ce = torch.nn.functional.cross_entropy(logits[mask].double(), labels[mask], reduction="sum")
     kd = divergence(objective, logits, teacher, temperature=2.0, impl="reference")[mask].double().sum()
     torch.testing.assert_close(out.loss.double(), 0.7 * ce + 0.3 * kd, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out.stats["kd"].double(), kd, rtol=1e-5, atol=1e-5)
-    assert out.stats["kd_tokens"] == mask.sum()
+    torch.testing.assert_close(out.stats.kd.double(), kd, rtol=1e-5, atol=1e-5)
+    assert out.stats.kd_tokens == mask.sum()
     hits = (logits.argmax(-1) == labels) & mask
-    assert out.stats["correct"] == hits.sum()
+    assert out.stats.correct == hits.sum()
 
 
 @pytest.mark.parametrize("objective", [None, "ToDi", "adaptive_kl"])
@@ -146,8 +146,8 @@ def test_kd_rate_one_keeps_ce_as_statistic_only():
     model = TinyLM()
     ids, labels, teacher = batch()
     out = DistillationLoss("forward_kl", kd_rate=1.0)(model(ids), labels, teacher)
-    torch.testing.assert_close(out.loss, out.stats["kd"])
-    assert out.stats["ce"] > 0
+    torch.testing.assert_close(out.loss, out.stats.kd)
+    assert out.stats.ce > 0
 
 
 def test_planner_mask_temperature_and_weight_are_applied():
@@ -168,14 +168,14 @@ def test_planner_mask_temperature_and_weight_are_applied():
     keep[:, ::2] = False
     expected = 2.25 * divergence("reverse_kl", logits, teacher, temperature=1.5)[keep].sum()
     torch.testing.assert_close(out.loss, expected)
-    assert out.stats["kd_tokens"] == keep.sum() and "ratio" in out.stats
+    assert out.stats.kd_tokens == keep.sum() and "ratio" in out.stats.planner
 
 
 def test_todi_alpha_diagnostic_is_a_mean_in_unit_interval():
     model = TinyLM()
     ids, labels, teacher = batch()
     out = DistillationLoss("ToDi", kd_rate=0.5, beta=2.0)(model(ids), labels, teacher, diagnostics=True)
-    mean_alpha = out.diagnostics["todi_alpha"] / out.stats["kd_tokens"]
+    mean_alpha = out.diagnostics["todi_alpha"] / out.stats.kd_tokens
     assert 0.0 < mean_alpha < 1.0
 
 

@@ -44,9 +44,9 @@ def compare(model, criterion, ids, attention, labels, teacher):
     out = fused_student_loss(model, ids, attention, labels, teacher, criterion, diagnostics=True, chunk_size=5)
     grads = grads_of(model, out.loss)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-5, atol=1e-5)
-    assert out.num_tokens == ref.num_tokens and set(out.stats) == set(ref.stats)
-    for key in ref.stats:
-        torch.testing.assert_close(out.stats[key], ref.stats[key], rtol=1e-5, atol=1e-5)
+    assert out.num_tokens == ref.num_tokens and set(out.stats.entries()) == set(ref.stats.entries())
+    for key, value in ref.stats.entries().items():
+        torch.testing.assert_close(out.stats.entries()[key], value, rtol=1e-5, atol=1e-5)
     assert set(grads) == set(ref_grads) and len(grads) > 0
     for name in ref_grads:
         scale = ref_grads[name].abs().max().clamp_min(1e-6)

@@ -12,7 +12,7 @@ import torch
 import triton
 from torch import Tensor
 
-from todi.kernels.rows import BackendOutput, LossInputs, LossSpec
+from todi.kernels.rows import PerRowLoss, LossInputs, LossSpec
 from todi.kernels.triton import config
 from todi.kernels.triton.kernel import loss_kernel, scale_kernel
 from todi.kernels.triton.terms import (
@@ -41,7 +41,7 @@ def _params(spec: LossSpec) -> list[float]:
     return values + [0.0] * (MAX_PARAMS - len(values))
 
 
-def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostics: bool) -> BackendOutput:
+def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostics: bool) -> PerRowLoss:
     """Values of every row and, with ``want_grad``, the gradient of the weighted loss (see spec)."""
     cfg = config.active_config()
     student, teacher = inp.student, inp.teacher
@@ -60,7 +60,7 @@ def forward(spec: LossSpec, inp: LossInputs, *, want_grad: bool, want_diagnostic
     diag_name = BRANCH_DIAGNOSTICS.get(spec.triton_branch) if has_kd and want_diagnostics else None
     diagnostics = {diag_name: new()} if diag_name is not None else {}
     grad = torch.empty(n, v_student, dtype=student.dtype, device=device) if want_grad else None
-    out = BackendOutput(kd=kd, ce=ce, correct=correct, diagnostics=diagnostics, grad=grad)
+    out = PerRowLoss(kd=kd, ce=ce, correct=correct, diagnostics=diagnostics, grad=grad)
     if n == 0:
         return out
 

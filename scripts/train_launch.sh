@@ -3,7 +3,8 @@
 # then launches code/distillation.py under torchrun, printing to the terminal and to train.log
 # (train-node<N>.log on the other nodes of a multi-node run). On failure the last lines, on the
 # terminal and in the log, are the first cause, after torchrun's report; the exit code is torchrun's.
-# With a KD objective in OPTS (--kd-objective), it also passes the objective's parameters: a flag
+# With a KD objective in OPTS (--kd-objective), it first adds AdaKD's flags when ADAKD=1 (its
+# settings: kd_common.sh), and it passes the objective's parameters: a flag
 # for each of these variables that is set and non-empty (empty: the objective's registry default),
 #   TODI_BETA → --todi-beta, SKEW_LAMBDA → --skew-lambda, ADAPTIVE_KL_ALPHA → --adaptive-kl-alpha,
 #   GJSD_BETA → --gjsd-beta, AB_ALPHA → --ab-alpha, AB_BETA → --ab-beta,
@@ -12,6 +13,11 @@
 # one's. PLUGINS (space-separated Python files or modules) become one --plugin each, for every script.
 # shellcheck shell=bash disable=SC2154   # the variables come from the sourcing script
 
+# AdaKD around the objective (KD scripts only), right after the script's own flags
+if [[ ${OPTS} == *" --kd-objective "* && ${ADAKD:-0} == 1 ]]; then
+    OPTS+=" --adakd --adakd-c ${ADAKD_C} --adakd-ema ${ADAKD_EMA} --adakd-eps ${ADAKD_EPS} --adakd-delta ${ADAKD_DELTA}"
+    OPTS+=" --adakd-warmup ${ADAKD_WARMUP} --adakd-min-ratio ${ADAKD_MIN_RATIO} --adakd-difficulty ${ADAKD_DIFFICULTY}"
+fi
 # model
 OPTS+=" --base-path ${BASE_PATH}"
 OPTS+=" --model-path ${CKPT_PATH}"

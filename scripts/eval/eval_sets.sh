@@ -1,9 +1,19 @@
-# Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): one evaluate.py run per set
-# with every seed (the model is loaded once per set); a set without data is skipped with a message.
-# NPROC=1 runs python directly, more ranks torchrun; a failure stops the loop and ends with its cause
-# (after torchrun's report) and a non-zero exit code.
-# Needs MODEL_ARGS, BATCH, BASE_PATH, EVAL_DATA_DIR, EVAL_SETS, SEEDS, EVAL_OUT, MAX_LENGTH,
-# MAX_PROMPT_LENGTH, NO_REPEAT_NGRAM_SIZE, DTYPE, GPUS (NPROC optional).
+# Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): the papers' protocol (its settings
+# below, each can be set from the environment), then one evaluate.py run per set with every seed (the
+# model is loaded once per set); a set without data is skipped with a message. NPROC=1 runs python
+# directly, more ranks torchrun; a failure stops the loop and ends with its cause (after torchrun's
+# report) and a non-zero exit code.
+# Needs MODEL_ARGS, BATCH, BASE_PATH and EVAL_OUT (NPROC optional).
+# shellcheck shell=bash
+
+EVAL_DATA_DIR=${EVAL_DATA_DIR:-${BASE_PATH}/data}
+EVAL_SETS=${EVAL_SETS:-"dolly self-inst vicuna sinst/11_ uinst/11_"}
+SEEDS=${SEEDS:-"10 20 30 40 50"}
+MAX_LENGTH=${MAX_LENGTH:-512}               # prompt + answer tokens (official: 512)
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}  # answers get MAX_LENGTH - MAX_PROMPT_LENGTH tokens
+NO_REPEAT_NGRAM_SIZE=${NO_REPEAT_NGRAM_SIZE:-6}
+DTYPE=${DTYPE:-fp32}   # fp32: answers independent of batch size and GPU count; bf16: official, faster
+GPUS=${GPUS-0,1,2,3}   # explicitly empty: CPU
 
 export CUDA_VISIBLE_DEVICES=${GPUS}
 if [[ -z ${GPUS} ]]; then

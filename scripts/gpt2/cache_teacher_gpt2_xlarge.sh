@@ -8,15 +8,10 @@
 # same command after an interruption computes only the missing examples. GPUS= (empty): the CPU.
 set -eo pipefail
 
-# launcher
+# launcher: 4 GPUs; the rest of the launcher and BASE_PATH: scripts/common.sh
 GPUS=${GPUS-0,1,2,3}
-NPROC=${NPROC:-$(if [ -n "${GPUS}" ]; then echo "${GPUS}" | tr ',' '\n' | grep -c .; else echo 1; fi)}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])")}   # a free port; set it for multi-node
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 # teacher and data
-BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TEACHER_MODEL_NAME=${TEACHER_MODEL_NAME:-gpt2-xlarge}
 TEACHER_MODEL_PATH=${TEACHER_MODEL_PATH:-}   # the SFT teacher: a checkpoint of sft_teacher_gpt2_xlarge.sh
 TEACHER_PEFT_PATH=${TEACHER_PEFT_PATH:-}

@@ -1,17 +1,13 @@
 #!/usr/bin/env bash
 # SFT of GPT-2 base on Dolly (the student baseline), with the ToDi paper's settings. Every setting
-# below can be set from the environment; GPUS= (empty) runs on the CPU with NPROC processes.
+# below can be set from the environment; GPUS= (empty) runs on the CPU with NPROC processes. The
+# launcher and runtime settings every training script shares: scripts/train_common.sh.
 set -eo pipefail
 
-# launcher
+# launcher: the paper's 4 GPUs
 GPUS=${GPUS-0,1,2,3}
-NPROC=${NPROC:-$(if [ -n "${GPUS}" ]; then echo "${GPUS}" | tr ',' '\n' | grep -c .; else echo 1; fi)}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-MASTER_PORT=${MASTER_PORT:-$(python3 -c "import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])")}   # a free port; set it for multi-node
+source "$(dirname "${BASH_SOURCE[0]}")/../train_common.sh"
 # model
-BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 CKPT_TYPE=${CKPT_TYPE:-gpt2}
 CKPT_NAME=${CKPT_NAME:-gpt2-base}
 CKPT_PATH=${CKPT_PATH:-${BASE_PATH}/model_hub/${CKPT_TYPE}/${CKPT_NAME}}
@@ -20,6 +16,7 @@ DATA_DIR=${DATA_DIR:-${BASE_PATH}/data/dolly/}
 DEV_NUM=${DEV_NUM:-1000}
 # task
 TASK=${TASK:-sft}
+CRITERION=${CRITERION:-cross_entropy}
 # hp
 BATCH_SIZE=${BATCH_SIZE:-4}
 LR=${LR:-0.0005}
@@ -29,21 +26,13 @@ EPOCH=${EPOCH:-20}
 # length
 MAX_LENGTH=${MAX_LENGTH:-512}
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}
-# runtime
-PRECISION=${PRECISION:-$(if [ -n "${GPUS}" ]; then echo bf16; else echo fp32; fi)}
-ZERO_STAGE=${ZERO_STAGE:-1}
-DS_CONFIG=${DS_CONFIG:-${BASE_PATH}/configs/deepspeed/ds_config_zero${ZERO_STAGE}_${PRECISION}.json}
-CRITERION=${CRITERION:-cross_entropy}
-LOG_INTERVAL=${LOG_INTERVAL:-50}
-EVAL_GEN_REPEAT=${EVAL_GEN_REPEAT:-3}
+# seed and checkpoints kept
+SEED=${SEED:-10}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
+# the run's name and directory
 CONFIG=${CONFIG:-default-${PRECISION}}
 SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
 SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
-# seed
-SEED=${SEED:-10}
-EXTRA_OPTS=${EXTRA_OPTS:-}
-PLUGINS=${PLUGINS:-}   # space-separated Python files or modules imported first (one --plugin each)
 
 OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../train_launch.sh"

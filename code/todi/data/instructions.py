@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from todi.util.jsonl import DataError, read_objects
 from todi.util.labels import IGNORE_INDEX
 from todi.models import prompt_prefix_ids
 
@@ -20,15 +20,11 @@ __all__ = [
     "IGNORE_INDEX",
     "Split",
     "TokenizedExample",
-    "line_numbers",
     "load_split",
     "padded_width",
     "read_jsonl",
+    "read_numbered",
 ]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line and the problem."""
 
 
 def _check_output(value, where: str) -> None:
@@ -39,39 +35,35 @@ def _check_output(value, where: str) -> None:
     raise DataError(f"{where}: field 'output' must be a string or a non-empty list of strings, got {value!r:.80}")
 
 
-def read_jsonl(path: str | Path, required: tuple[str, ...] = ("prompt", "output")) -> list[dict]:
-    """Read one JSON object per line; blank lines are skipped.
+def _check_fields(record: dict, required: tuple[str, ...], where: str) -> None:
+    for key in required:
+        if key not in record:
+            raise DataError(f"{where}: missing field {key!r} (has: {', '.join(record) or 'nothing'})")
+    if "prompt" in required and not isinstance(record["prompt"], str):
+        raise DataError(f"{where}: field 'prompt' must be a string, got {type(record['prompt']).__name__}")
+    if "output" in required:
+        _check_output(record["output"], where)
+
+
+def read_numbered(path: str | Path, required: tuple[str, ...] = ("prompt", "output")) -> list[tuple[int, dict]]:
+    """(line number, record) for each JSON object of a JSONL file; blank lines are skipped.
 
     Raises :class:`DataError` naming ``path:line`` for unreadable JSON, a non-object line, a
     missing or mistyped field (``prompt`` must be a string, ``output`` a string or a list of
     strings), and for a file without any record.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for key in required:
-                if key not in record:
-                    raise DataError(f"{where}: missing field {key!r} (has: {', '.join(record) or 'nothing'})")
-            if "prompt" in required and not isinstance(record["prompt"], str):
-                raise DataError(f"{where}: field 'prompt' must be a string, got {type(record['prompt']).__name__}")
-            if "output" in required:
-                _check_output(record["output"], where)
-            records.append(record)
+    for lineno, record in read_objects(path):
+        _check_fields(record, required, f"{path}:{lineno}")
+        records.append((lineno, record))
     if not records:
         raise DataError(f"{path}: empty file (no records)")
     return records
+
+
+def read_jsonl(path: str | Path, required: tuple[str, ...] = ("prompt", "output")) -> list[dict]:
+    """The records of :func:`read_numbered`, without their line numbers."""
+    return [record for _, record in read_numbered(path, required)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,12 +125,6 @@ class Split:
     stats: DataStats
 
 
-def line_numbers(path: Path) -> list[int]:
-    """The line number of each record that :func:`read_jsonl` returns (it skips blank lines)."""
-    with path.open(encoding="utf-8") as f:
-        return [n for n, line in enumerate(f, start=1) if line.strip()]
-
-
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
@@ -166,11 +152,11 @@ def load_split(
     the same response ids; otherwise :class:`DataError` names the example.
     """
     path = Path(path)
-    records = read_jsonl(path)
-    lines = line_numbers(path)
+    numbered = read_numbered(path)
     if limit is not None and limit >= 0:
-        records, lines = records[:limit], lines[:limit]
-    where = [f"{path}:{n}" for n in lines]
+        numbered = numbered[:limit]
+    records = [record for _, record in numbered]
+    where = [f"{path}:{n}" for n, _ in numbered]
     references = []
     for record, loc in zip(records, where):
         output = record["output"]

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from todi.util.atomic import atomic_write_text
-from todi.data.instructions import DataError, line_numbers, read_jsonl
+from todi.util.jsonl import DataError, parse_objects, read_text
+from todi.data.instructions import read_numbered
 
 __all__ = [
     "DATASETS", "MAX_PROMPT_TOKENS", "MIN_REFERENCE_TOKENS", "PrepareError", "alpaca_prompt",
@@ -81,10 +82,9 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
-def _raw_rows(path: Path):
+def _raw_rows(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) of an upstream JSONL file: any fields, errors naming file and line."""
-    records = read_jsonl(path, required=())  # first: its errors name the file
-    return zip(line_numbers(path), records)
+    return read_numbered(path, required=())
 
 
 def _field(row: dict, key: str, where: str, kind=str):
@@ -195,14 +195,10 @@ def _sinst(ctx: _Context) -> dict[str, list[dict]]:
 
 def _uinst(ctx: _Context) -> dict[str, list[dict]]:
     path = ctx.raw["unnatural-instructions/core_data.zip"]
-    lines = _core_data_lines(path)
+    name = f"{path}: core_data.jsonl"
     records = []
-    for i, line in enumerate(lines, start=1):
-        where = f"{path}: core_data.jsonl:{i}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for i, row in parse_objects(_core_data_text(path), name):
+        where = f"{name}:{i}"
         instruction = _field(row, "instruction", where)
         for instance in _field(row, "instances", where, list):
             inp, out = _field(instance, "input", where), _field(instance, "output", where)
@@ -214,20 +210,18 @@ def _uinst(ctx: _Context) -> dict[str, list[dict]]:
     return {"11_/valid": records}
 
 
-def _core_data_lines(path: Path) -> list[str]:
-    """core_data.jsonl's lines, from the zip the authors publish or from the unzipped file."""
+def _core_data_text(path: Path) -> str:
+    """core_data.jsonl's text, from the zip the authors publish or from the unzipped file."""
     if path.suffix == ".jsonl":
-        text = path.read_text(encoding="utf-8")
-    else:
-        try:
-            with zipfile.ZipFile(path) as z:
-                names = [n for n in z.namelist() if n.endswith("core_data.jsonl")]
-                if not names:
-                    raise PrepareError(f"{path}: no core_data.jsonl inside")
-                text = z.read(names[0]).decode("utf-8")
-        except zipfile.BadZipFile:
-            raise PrepareError(f"{path}: not a zip file (download it again)") from None
-    return [line for line in text.splitlines() if line.strip()]
+        return read_text(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("core_data.jsonl")]
+            if not names:
+                raise PrepareError(f"{path}: no core_data.jsonl inside")
+            return z.read(names[0]).decode("utf-8")
+    except zipfile.BadZipFile:
+        raise PrepareError(f"{path}: not a zip file (download it again)") from None
 
 
 DATASETS: dict[str, Callable[[_Context], dict[str, list[dict]]]] = {

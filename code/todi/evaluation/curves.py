@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from todi.util.atomic import atomic_write_with
+from todi.util.jsonl import BadLine, read_objects
 from todi.evaluation.results import distinct_labels, method_name
 
 __all__ = [
@@ -33,6 +34,7 @@ DEV_FIELDS = ("loss", "acc", "rougeL")
 DEFAULT_FIELDS = tuple(("train", f) for f in TRAIN_FIELDS) + tuple(("dev", f) for f in DEV_FIELDS)
 # MetricsLog writes non-finite floats as these strings (JSON has no NaN/inf).
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+LINE_AT = "{name} line {line}"  # where a bad line is, in an error
 
 PANEL_COLUMNS = 3
 PANEL_INCHES = (4.2, 3.0)  # width, height of one panel
@@ -79,9 +81,7 @@ def _number(value) -> float | None:
     return None
 
 
-def _check_record(record, where: str) -> dict:
-    if not isinstance(record, dict):
-        raise CurveError(f"{where}: expected a JSON object, got {type(record).__name__}")
+def _check_record(record: dict, where: str) -> dict:
     if not isinstance(record.get("split"), str):
         raise CurveError(f"{where}: missing or non-string 'split'")
     step = record.get("step")
@@ -96,25 +96,16 @@ def read_records(path: str | Path) -> tuple[list[dict], bool]:
     Blank lines are skipped. A last line without its newline that does not parse is a record being
     written right now (the run is live) and is skipped; any other bad line is a :class:`CurveError`.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CurveError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    lines = text.split("\n")  # the last item is "" when the file ends with a newline
-    records, incomplete = [], False
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines):
-                incomplete = True
-                continue
-            raise CurveError(f"{path} line {number}: malformed JSON ({e.msg} at column {e.colno})") from None
-        records.append(_check_record(record, f"{path} line {number}"))
-    return records, incomplete
+    skipped: list[BadLine] = []
+
+    def skip_live_tail(bad: BadLine) -> None:
+        if not bad.unterminated:
+            raise CurveError(bad.message)
+        skipped.append(bad)
+
+    records = [_check_record(record, LINE_AT.format(name=path, line=number))
+               for number, record in read_objects(path, CurveError, where=LINE_AT, on_bad=skip_live_tail)]
+    return records, bool(skipped)
 
 
 def build_series(records: Iterable[dict]) -> dict[tuple[str, str], Series]:

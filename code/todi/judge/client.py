@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from todi.util.jsonl import BadLine, parse_objects
 from todi.judge.inputs import JudgeError, SetPair
 from todi.judge.stats import Tally, combine
 from todi.evaluation.results import check_set_name
@@ -129,13 +130,16 @@ class VerdictCache:
             path = self.path(name)
             if not path.is_file():
                 continue
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    record = json.loads(line)
+            text = path.read_text(encoding="utf-8", errors="replace")  # a crash may cut a character too
+            for _, record in parse_objects(text, str(path), JudgeError, on_bad=self._ignore):
+                if isinstance(record.get("key"), str):
                     self.records[record["key"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    self.ignored_lines += bool(line.strip())
+                else:
+                    self.ignored_lines += 1
         return self
+
+    def _ignore(self, bad: BadLine) -> None:
+        self.ignored_lines += 1
 
     def get(self, key: str) -> dict | None:
         return self.records.get(key)

@@ -8,12 +8,12 @@ checking that their prompts match.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from todi.util.jsonl import read_objects
 from todi.evaluation.results import PAPER_SETS, check_set_name
 
 __all__ = ["Answer", "Example", "JudgeError", "SetPair", "find_answer_files", "load_pairs", "question_of", "read_answers"]
@@ -38,24 +38,9 @@ class Answer:
 
 
 def read_answers(path: Path) -> list[Answer]:
-    """The records of one answers.jsonl, with their line numbers (blank lines skipped).
-
-    Kept here rather than reusing ``todi.data.instructions.read_jsonl`` so the judge does not import torch.
-    """
+    """The records of one answers.jsonl, with their line numbers (blank lines skipped)."""
     answers = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise JudgeError(f"{path}: cannot read ({e})") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise JudgeError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, dict):
-            raise JudgeError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    for lineno, record in read_objects(path, JudgeError):
         for key in ("prompt", "prediction"):
             if not isinstance(record.get(key), str):
                 raise JudgeError(f"{path}:{lineno}: field {key!r} missing or not a string")

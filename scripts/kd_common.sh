@@ -1,0 +1,19 @@
+# Sourced by the KD scripts (gpt2/vanilla_kd_gpt2_base.sh, tinyllama/vanilla_kd_tinyllama.sh) right after
+# their GPUS, before their recipe: train_common.sh, then what every KD run shares: a teacher cache to
+# distil from, extra objective flags, and AdaKD (AAAI 2026) around the objective with AdaKD's released
+# settings. Every setting can be set from the environment.
+# shellcheck shell=bash
+source "$(dirname "${BASH_SOURCE[0]}")/train_common.sh"
+
+# KD
+TEACHER_CACHE=${TEACHER_CACHE:-}             # a teacher cache (scripts/*/cache_teacher_*.sh): distil from it, no teacher loaded
+OBJ_ARGS=${OBJ_ARGS:-}                       # other objective flags, verbatim, e.g. a plug-in objective's "--scaled-gamma 2"
+ADAKD=${ADAKD:-0}                              # 1: AdaKD around KD_OBJ (token focusing + per-token temperatures), with:
+ADAKD_C=${ADAKD_C:-0.5}                        # IDTS: tau = KD_TEMP * exp(-c * tanh(log(score / median)))
+ADAKD_EMA=${ADAKD_EMA:-0.99}                   # LATF: EMA decay of the loss trend
+ADAKD_EPS=${ADAKD_EPS:-0.05}                   # LATF: loss-ratio threshold (AdaKD's --loss-ratio-eps)
+ADAKD_DELTA=${ADAKD_DELTA:-0.05}               # LATF: step of the focused-token ratio (AdaKD's --sample-ratio-eps)
+ADAKD_WARMUP=${ADAKD_WARMUP:-0.05}             # fraction of the optimizer steps before LATF adapts
+ADAKD_MIN_RATIO=${ADAKD_MIN_RATIO:-0.1}        # LATF: the smallest ratio of tokens kept for KD
+ADAKD_DIFFICULTY=${ADAKD_DIFFICULTY:-hellinger}   # token difficulty (AdaKD's --rule)
+ADAKD_TAG=${ADAKD_TAG:-$(if [ "${ADAKD}" = 1 ]; then echo "__adakd^c=${ADAKD_C}^eps=${ADAKD_EPS}^delta=${ADAKD_DELTA}^${ADAKD_DIFFICULTY}"; fi)}

@@ -31,12 +31,25 @@ from todi.models import (
 from todi.training.monitor import TrainingMonitor, monitor_sections
 from todi.training.schedule import build_scheduler
 
-__all__ = ["DeepSpeedSettings", "Models", "TrainingData", "build_criterion", "build_data", "build_models",
+__all__ = ["DeepSpeedSettings", "Models", "TrainingData", "build_criterion", "build_data", "build_models", "check_model_paths",
            "build_monitor", "deepspeed_settings", "schedule_length", "uses_teacher"]
 
 
 def uses_teacher(args: argparse.Namespace) -> bool:
     return args.criterion == "various_divergence" and args.kd_rate > 0
+
+
+# flag -> what it names: a missing directory is reported with its flag before anything is written
+MODEL_PATH_FLAGS = {"model_path": "the student's model directory", "teacher_model_path": "the teacher's model directory",
+                    "teacher_peft_path": "the teacher's LoRA adapter", "teacher_cache": "the teacher cache"}
+
+
+def check_model_paths(args: argparse.Namespace) -> None:
+    """Every model, adapter and cache directory the flags name exists (else FileNotFoundError naming the flag)."""
+    for dest, what in MODEL_PATH_FLAGS.items():
+        path = getattr(args, dest)
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"--{dest.replace('_', '-')} {path}: no such directory ({what})")
 
 
 def live_teacher(args: argparse.Namespace) -> bool:

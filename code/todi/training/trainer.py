@@ -78,6 +78,7 @@ class Trainer:
         from transformers import set_seed
 
         self.args, self.env = args, env
+        setup.check_model_paths(args)
         self.ds = setup.deepspeed_settings(args, env)
         self.zero_stage = self.ds.zero_stage
         self.run = RunDirectory(args, env, {"world_size": env.world_size, "precision": self.ds.precision,

@@ -35,6 +35,8 @@ DEFAULT_FIELDS = tuple(("train", f) for f in TRAIN_FIELDS) + tuple(("dev", f) fo
 # MetricsLog writes non-finite floats as these strings (JSON has no NaN/inf).
 NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 LINE_AT = "{name} line {line}"  # where a bad line is, in an error
+# Runs trained before the fix logged AdaKD's metrics with a doubled prefix (adakd_adakd_ratio): read as today's.
+LEGACY_PREFIXES = {"adakd_adakd_": "adakd_"}
 
 PANEL_COLUMNS = 3
 PANEL_INCHES = (4.2, 3.0)  # width, height of one panel
@@ -87,7 +89,14 @@ def _check_record(record: dict, where: str) -> dict:
     step = record.get("step")
     if isinstance(step, bool) or not isinstance(step, int):
         raise CurveError(f"{where}: 'step' must be an integer, got {step!r}")
-    return record
+    return {_current_name(name): value for name, value in record.items()}
+
+
+def _current_name(name: str) -> str:
+    for old, new in LEGACY_PREFIXES.items():
+        if name.startswith(old):
+            return new + name.removeprefix(old)
+    return name
 
 
 def read_records(path: str | Path) -> tuple[list[dict], bool]:

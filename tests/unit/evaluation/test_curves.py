@@ -148,3 +148,18 @@ def test_table_flags_need_curves(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         report_cli.main([str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert e.value.code == 2 and "--curves" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_adakd_ratio_is_a_default_panel_and_old_names_still_read(tmp_path):
+    """AdaKD runs log adakd_ratio (r), adakd_tau_min, ...; runs written with the old doubled prefix
+    (adakd_adakd_ratio) read as the same fields, so both plot r in the default panels."""
+    from todi.evaluation.curves import panels
+
+    new = _write_run(tmp_path / "new", [_train(s, 2.0, adakd_ratio=1 - s / 100, adakd_tau_min=0.8) for s in (10, 20)])
+    old = _write_run(tmp_path / "old", [_train(s, 2.0, adakd_adakd_ratio=1 - s / 200) for s in (10, 20)])
+    runs = load_runs([new, old])
+    assert runs[0].get("train", "adakd_ratio").values == (0.9, 0.8)
+    assert runs[1].get("train", "adakd_ratio").values == (0.95, 0.9)
+    assert runs[1].get("train", "adakd_adakd_ratio") is None
+    assert ("train", "adakd_ratio") in panels(runs)
+    assert ("train", "adakd_ratio") not in panels([read_run(_write_run(tmp_path / "plain", [_train(10, 2.0)]))])

@@ -18,7 +18,6 @@ OPTS+=" --batch-size ${BATCH_SIZE}"
 OPTS+=" ${EXTRA_OPTS:-}"
 export CUDA_VISIBLE_DEVICES=${GPUS}
 export TOKENIZERS_PARALLELISM=false
-mkdir -p "${CACHE_DIR}"
 source "$(dirname "${BASH_SOURCE[0]}")/torchrun_launch.sh"
 # shellcheck disable=SC2086   # OPTS is a list of flags
 launch_torchrun "${BASE_PATH}/code/cache_teacher.py" "${CACHE_DIR}" cache "teacher cache" ${OPTS}

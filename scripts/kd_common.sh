@@ -1,7 +1,8 @@
 # Sourced by the KD scripts (gpt2/vanilla_kd_gpt2_base.sh, tinyllama/vanilla_kd_tinyllama.sh) right after
 # their GPUS, before their recipe: train_common.sh, then what every KD run shares: a teacher cache to
 # distil from, extra objective flags, and AdaKD (AAAI 2026) around the objective with AdaKD's released
-# settings. Every setting can be set from the environment.
+# settings. Every setting can be set from the environment. Also the teacher's part of a KD run's folder
+# name (teacher_name, below).
 # shellcheck shell=bash
 source "$(dirname "${BASH_SOURCE[0]}")/train_common.sh"
 
@@ -17,3 +18,14 @@ ADAKD_WARMUP=${ADAKD_WARMUP:-0.05}             # fraction of the optimizer steps
 ADAKD_MIN_RATIO=${ADAKD_MIN_RATIO:-0.1}        # LATF: the smallest ratio of tokens kept for KD
 ADAKD_DIFFICULTY=${ADAKD_DIFFICULTY:-hellinger}   # token difficulty (AdaKD's --rule)
 ADAKD_TAG=${ADAKD_TAG:-$(if [ "${ADAKD}" = 1 ]; then echo "__adakd^c=${ADAKD_C}^eps=${ADAKD_EPS}^delta=${ADAKD_DELTA}^${ADAKD_DIFFICULTY}"; fi)}
+
+# The teacher in the run's folder name: teacher_name MODEL_PATH [ADAPTER_PATH] gives the model folder's
+# name (+ the LoRA adapter's), or with TEACHER_CACHE the cache folder's name (such a run's name also
+# ends with __cache: cached and live runs never share a folder).
+teacher_name() {
+    if [ -n "${TEACHER_CACHE}" ]; then
+        basename "${TEACHER_CACHE}"
+    else
+        printf '%s%s' "$(basename "$1")" "${2:++$(basename "$2")}"
+    fi
+}

@@ -1,15 +1,37 @@
 # Sourced by train_launch.sh and cache_launch.sh: defines launch_torchrun, which runs one entry point
-# under torchrun with the sourcing script's NPROC, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT.
+# under torchrun with the sourcing script's GPUS, NPROC, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT.
 #   launch_torchrun ENTRY RUN_DIR LOG_NAME WHAT ARGS...
+# First, before RUN_DIR is made: GPUS (exported as CUDA_VISIBLE_DEVICES) listing more GPUs than torch
+# sees is an error naming GPUS= (explicitly empty: the CPU), exit code 2; nothing falls back to the CPU.
 # The output goes to the terminal and to RUN_DIR/LOG_NAME.log (RUN_DIR/LOG_NAME-node<N>.log on a node
 # other than the first, so that nodes sharing RUN_DIR never write into one file). A failing rank
 # writes its cause (one "error:" line) to RUN_DIR/.failures/rank<R>.txt (code/todi/util/failures.py);
 # after torchrun's report the earliest cause of any node is printed as the last lines, and the
-# shell exits with torchrun's status.
+# shell exits with torchrun's status. A training run stopped by --stop-after-iters leaves RUN_DIR/PAUSED
+# (todi.training.resume): its line is printed last and the shell exits with PAUSED_EXIT_CODE.
 # shellcheck shell=bash disable=SC2154   # the variables come from the sourcing script
+PAUSED_EXIT_CODE=3   # todi.training.resume.PAUSED_EXIT_CODE: stopped by --stop-after-iters, rerun to continue
+
+# Exit (code 2) unless torch sees at least as many CUDA devices as GPUS lists; GPUS empty: the CPU.
+require_gpus() {
+    [ -z "${GPUS}" ] && return 0
+    local listed visible
+    listed=$(echo "${GPUS}" | tr ',' '\n' | grep -c .)
+    visible=$(CUDA_VISIBLE_DEVICES=${GPUS} python3 -c "import torch; print(torch.cuda.device_count())" 2>/dev/null \
+              | tail -n 1)
+    if [ "${visible:-0}" -lt "${listed}" ]; then
+        echo "error: GPUS=${GPUS} lists ${listed} GPU(s) but ${visible:-0} CUDA device(s) are visible;" \
+             "set GPUS= (explicitly empty) to run on the CPU, or GPUS to GPUs that exist (nvidia-smi -L)" >&2
+        exit 2
+    fi
+}
+
 launch_torchrun() {
     local entry=$1 run_dir=$2 log_name=$3 what=$4
     shift 4
+    require_gpus
+    mkdir -p "${run_dir}"
+    rm -f "${run_dir}/PAUSED"   # a marker of an earlier invocation
     local log_file="${run_dir}/${log_name}.log"
     if [ "${NODE_RANK:-0}" != 0 ]; then
         log_file="${run_dir}/${log_name}-node${NODE_RANK}.log"
@@ -26,4 +48,8 @@ launch_torchrun() {
         exit "${status}"
     fi
     rmdir "${TODI_ERROR_DIR}" 2>/dev/null || true
+    if [ -f "${run_dir}/PAUSED" ]; then   # written by global rank 0 before every rank exits 0
+        tee -a "${log_file}" < "${run_dir}/PAUSED"
+        exit "${PAUSED_EXIT_CODE}"
+    fi
 }

@@ -3,6 +3,8 @@
 # then launches code/distillation.py under torchrun, printing to the terminal and to train.log
 # (train-node<N>.log on the other nodes of a multi-node run). On failure the last lines, on the
 # terminal and in the log, are the first cause, after torchrun's report; the exit code is torchrun's.
+# GPUS naming GPUs that are not there is an error before anything starts; a run paused by
+# --stop-after-iters exits 3 (both: torchrun_launch.sh).
 # With a KD objective in OPTS (--kd-objective), it first adds AdaKD's flags when ADAKD=1 (its
 # settings: kd_common.sh), and it passes the objective's parameters: a flag
 # for each of these variables that is set and non-empty (empty: the objective's registry default),
@@ -83,7 +85,6 @@ OPTS+=" ${EXTRA_OPTS}"
 export CUDA_VISIBLE_DEVICES=${GPUS}
 export WANDB_DISABLED=True
 export TOKENIZERS_PARALLELISM=false
-mkdir -p "${SAVE_PATH}"
 source "$(dirname "${BASH_SOURCE[0]}")/torchrun_launch.sh"
 # shellcheck disable=SC2086   # OPTS is a list of flags
 launch_torchrun "${BASE_PATH}/code/distillation.py" "${SAVE_PATH}" train training ${OPTS}

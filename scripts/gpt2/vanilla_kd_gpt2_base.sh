@@ -22,7 +22,6 @@ CKPT_TYPE=${CKPT_TYPE:-gpt2}
 CKPT_NAME=${CKPT_NAME:-gpt2-base}
 CKPT_PATH=${CKPT_PATH:-${BASE_PATH}/model_hub/${CKPT_TYPE}/${CKPT_NAME}}
 TEACHER_MODEL_TYPE=${TEACHER_MODEL_TYPE:-gpt2}
-TEACHER_MODEL_NAME=${TEACHER_MODEL_NAME:-gpt2-xlarge}
 TEACHER_MODEL_PATH=${TEACHER_MODEL_PATH:-${BASE_PATH}/model_hub/gpt2/teacher-gpt2-1.5B}   # the paper's teacher: MiniLLM's GPT-2 XL fine-tuned on Dolly (scripts/download_models.sh); or a checkpoint of sft_teacher_gpt2_xlarge.sh
 # data
 DATA_DIR=${DATA_DIR:-${BASE_PATH}/data/dolly/}
@@ -56,8 +55,8 @@ SEED=${SEED:-10}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
 # the run's name and directory
 CONFIG=${CONFIG:-${KD_OBJ}${OBJ_TAG}-${PRECISION}}
-SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}${ADAKD_TAG}__teacher=${TEACHER_MODEL_NAME}__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
-SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
+SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}${ADAKD_TAG}__teacher=$(teacher_name "${TEACHER_MODEL_PATH}")__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}$(run_name_tail)${TEACHER_CACHE:+__cache}}
+SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/$(run_folder_name "${SETTING}")}
 
 if [ -z "${TEACHER_CACHE}" ] && [ "${TEACHER_MODEL_PATH}" = "${BASE_PATH}/model_hub/gpt2/teacher-gpt2-1.5B" ] \
         && [ ! -d "${TEACHER_MODEL_PATH}" ]; then

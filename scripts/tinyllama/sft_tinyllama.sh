@@ -36,8 +36,8 @@ SEED=${SEED:-10}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
 # the run's name and directory
 CONFIG=${CONFIG:-lora-rank=${LORA_RANK}-alpha=${LORA_ALPHA}-dropout=${LORA_DROPOUT}-${PRECISION}}
-SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}}
-SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/${SETTING}}
+SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}$(run_name_tail)}
+SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/$(run_folder_name "${SETTING}")}
 
 OPTS=""   # this script's own flags; the shared ones and the launch: scripts/train_launch.sh
 if [ "${GRADIENT_CHECKPOINTING}" = 1 ]; then

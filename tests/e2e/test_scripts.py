@@ -199,6 +199,60 @@ def test_kd_scripts_take_plugins_and_extra_objective_flags(script, tmp_path):
     assert "__scaled_fkl-scaled^gamma=2-scaled^offset=-0.5-" in Path(save_dir).name
 
 
+# ---------------------------------------------------------------------------------------------
+# Run folders: runs differing in seed, teacher, teacher source (live / cache), data set or lengths
+# never share one; the official name's fields come first, in their order (results.method_name reads them).
+# ---------------------------------------------------------------------------------------------
+
+NAME_SCRIPTS = ["gpt2/sft_gpt2_base.sh", "tinyllama/sft_tinyllama.sh", *KD_SCRIPTS]
+# one change at a time, each of which must give another folder
+RUN_CHANGES = {"SEED": "11", "DATA_DIR": "/data/alpaca", "MAX_LENGTH": "1024", "MAX_PROMPT_LENGTH": "128"}
+KD_RUN_CHANGES = {"TEACHER_MODEL_PATH": "/other-teacher", "TEACHER_CACHE": "/cache/teacher-dolly-k64-T2.0"}
+
+
+def save_dir_of(script: str, tmp_path: Path, **variables: str) -> Path:
+    (save_dir,) = flag_values(launched(script, tmp_path, **variables), "--save-dir")
+    return Path(save_dir)
+
+
+@pytest.mark.parametrize("script", NAME_SCRIPTS)
+def test_runs_differing_in_seed_teacher_data_or_lengths_get_folders_of_their_own(script, tmp_path):
+    from todi.evaluation.results import method_name
+
+    changes = dict(RUN_CHANGES)
+    if "vanilla_kd" in script:
+        changes.update(KD_RUN_CHANGES)
+    if script.startswith("tinyllama/vanilla_kd"):
+        changes["TEACHER_PEFT_PATH"] = "/other-adapter"
+    base = save_dir_of(script, tmp_path)
+    folders = {name: save_dir_of(script, tmp_path, **{name: value}) for name, value in changes.items()}
+    assert len({base, *folders.values()}) == len(changes) + 1, folders
+    for folder in folders.values():
+        assert folder.parent == base.parent
+        assert method_name(folder / "epoch1_step1") == method_name(base / "epoch1_step1") is not None
+    assert base.name.endswith("__seed=10__data=dolly__len=512-256")
+    assert folders["SEED"].name.endswith("__seed=11__data=dolly__len=512-256")
+    assert folders["DATA_DIR"].name.endswith("__data=alpaca__len=512-256")
+
+
+@pytest.mark.parametrize("script", KD_SCRIPTS)
+def test_kd_run_folders_name_the_actual_teacher_and_a_cache(script, tmp_path):
+    adapter = "+adapter" if script.startswith("tinyllama") else ""  # launched() sets /teacher and /adapter
+    live = save_dir_of(script, tmp_path).name
+    assert f"__teacher=teacher{adapter}__kd^rate=" in live and not live.endswith("__cache")
+    cached = save_dir_of(script, tmp_path, TEACHER_CACHE="/cache/teacher-dolly-k64-T2.0").name
+    assert "__teacher=teacher-dolly-k64-T2.0__kd^rate=" in cached and cached.endswith("__len=512-256__cache")
+
+
+def test_a_run_name_past_the_file_system_limit_stays_one_folder_per_run(tmp_path):
+    """AdaKD + a LoRA teacher whose adapter is a checkpoint: over 255 bytes; start and end around a checksum."""
+    adapter = "/runs/epoch10_step1071_loss2.1235_rougel24.5679"
+    names = [save_dir_of("tinyllama/vanilla_kd_tinyllama.sh", tmp_path, ADAKD="1", TEACHER_PEFT_PATH=adapter,
+                         SEED=seed).name for seed in ("10", "11")]
+    assert names[0] != names[1] and all(len(n.encode()) == 255 for n in names)
+    assert names[0].startswith("criterion=various_divergence__forward_kl-lora-") and names[0].endswith("len=512-256")
+
+
 @pytest.mark.parametrize("script", SFT_SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_sft_scripts_take_plugins_but_no_objective_parameters(script, tmp_path):
     argv = launched(script, tmp_path, TODI_BETA="2.0", OBJ_ARGS="--scaled-gamma 2", PLUGINS="one.py")

@@ -3,7 +3,14 @@ resumable state (engine, trainer counters, RNG, and what the trainer adds) writt
 
 A run resumes when its directory holds a resumable state and the settings that define what it
 computes (:func:`todi.training.args.run_identity`, plus the process count, precision and ZeRO stage) are
-those the state was written with; otherwise it is a different run and an error says what differs.
+those the state was written with; otherwise it is a different run and an error says what differs
+and asks for a fresh folder.
+
+A run stopped by ``--stop-after-iters`` leaves ``PAUSED`` in its directory (one line: where it stopped,
+how to continue), removed when a run starts there: launchers tell "paused" from "done" by it, and
+``code/distillation.py`` exits with :data:`PAUSED_EXIT_CODE` (under torchrun every rank exits 0, since
+torchrun reports any other code as a failure, and ``scripts/torchrun_launch.sh`` turns the marker into
+that code).
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from todi.training.args import run_identity
 from todi.util.distributed import DistEnv, barrier
 from todi.util.log import logger
 
-__all__ = ["RunDirectory"]
+__all__ = ["PAUSED_EXIT_CODE", "PAUSED_MARKER", "RunDirectory"]
+
+PAUSED_MARKER = "PAUSED"  # in the run directory while the run is paused by --stop-after-iters
+PAUSED_EXIT_CODE = 3  # the exit code of a paused run (scripts/torchrun_launch.sh has the same)
 
 
 class RunDirectory:
@@ -36,6 +46,7 @@ class RunDirectory:
             self.path.mkdir(parents=True, exist_ok=True)
             for stale in ckpt.remove_stale_temporaries(self.path) + ckpt.remove_stale_temporaries(self.resume_root):
                 logger.info(f"removed the leftover of an interrupted save: {stale}")
+            (self.path / PAUSED_MARKER).unlink(missing_ok=True)  # running again: no longer paused
         barrier()
         self.identity = {**run_identity(args), **run_info}
         self.resume_tag = self._decide()
@@ -56,9 +67,10 @@ class RunDirectory:
         saved_path = self.path / "args.json"
         saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
         differ = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in self.identity.items() if saved.get(k) != v]
-        if differ:
+        if differ:  # --no-resume here would delete the other run's state: a fresh folder instead
             raise SystemExit(f"{self.path} holds the state of a different run ({'; '.join(differ)}); "
-                             "use another --save-dir, or --no-resume to start over")
+                             "give this run a folder of its own: another SAVE_PATH (--save-dir), "
+                             f"or delete {self.path} to start over there")
         logger.info(f"resuming from {self.resume_root / tag}")
         return tag
 
@@ -67,6 +79,13 @@ class RunDirectory:
         if self.env.is_main:
             record = {**vars(self.args), **self.identity, **extra}
             ckpt.atomic_write_text(self.path / "args.json", json.dumps(record, indent=1, default=str))
+
+    def mark_paused(self, message: str) -> None:
+        """Write ``PAUSED`` (``message``, one line) from the main process; every process returns after it
+        exists, so no launcher (one per node) looks for it too early."""
+        if self.env.is_main:
+            ckpt.atomic_write_text(self.path / PAUSED_MARKER, message + "\n")
+        barrier()
 
     def save(self, engine, state: ckpt.TrainerState, extra: dict) -> None:
         tag = ckpt.save_resume_state(engine, self.resume_root, state, rank=self.env.rank, extra=extra)

@@ -211,11 +211,13 @@ class Trainer:
         yield
         self._last_log_time += time.perf_counter() - start
 
-    def train(self) -> None:
+    def train(self) -> bool:
+        """Train to the end, or until ``--stop-after-iters`` steps of this invocation: True when paused
+        there (resumable state saved, ``PAUSED`` written: :meth:`_pause`)."""
         args, state = self.args, self.state
         if state.global_step >= self.total_iters or state.epoch >= self.num_epochs:
             logger.info(f"training already complete in {self.save_dir}")
-            return
+            return False
         from tqdm import tqdm
 
         steps_this_run = 0
@@ -250,20 +252,27 @@ class Trainer:
                         self._save_state()
                 if stop:
                     bar.close()
-                    logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
-                    return
+                    return self._pause(steps_this_run)
             bar.close()
             with self._untimed():
                 self._end_of_epoch(epoch, last=state.epoch + 1 >= self.num_epochs or state.global_step >= self.total_iters)
                 state.epoch += 1
                 state.step_in_epoch = 0
                 self._save_state()
-            if args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters:
-                logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
-                return
+            more = state.epoch < self.num_epochs and state.global_step < self.total_iters
+            if more and args.stop_after_iters is not None and steps_this_run >= args.stop_after_iters:
+                return self._pause(steps_this_run)
         best = self.best.best
         logger.info(f"done: {state.global_step} steps in {time.perf_counter() - self._start_time:.1f}s" +
                     (f"; best checkpoint {best['path']}" if best else ""))
+        return False
+
+    def _pause(self, steps_this_run: int) -> bool:
+        """After the state is saved: log, mark the run directory ``PAUSED``; True."""
+        logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
+        self.run.mark_paused(f"paused at step {self.state.global_step} of {self.total_iters} by --stop-after-iters: "
+                             "rerun the same command to continue")
+        return True
 
     # ------------------------------------------------------------------ epoch end
 
@@ -317,7 +326,8 @@ class Trainer:
         return self.dev.evaluate(self.engine.module, self.data.dev, self.data.eval_collate, self.data.tokenizer)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> bool:
+    """Parse, build the trainer, train; True when the run paused (``--stop-after-iters``)."""
     from todi.training.args import parse_args
 
     args = parse_args(argv)
@@ -328,4 +338,4 @@ def main(argv: list[str] | None = None) -> None:
         trainer = Trainer(args, env)
     except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
         raise SystemExit(f"distillation.py: error: {e}") from None
-    trainer.train()
+    return trainer.train()

@@ -77,3 +77,39 @@ def test_rng_state_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt.set_rng_state(saved)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+def run_directory(tmp_path, lr: str = "1e-3"):
+    """The RunDirectory of a minimal command line (one process, no process group)."""
+    from todi.training.args import parse_args
+    from todi.training.resume import RunDirectory
+    from todi.util.distributed import DistEnv
+
+    args = parse_args(["--model-path", "m", "--data-dir", "d", "--save-dir", str(tmp_path / "run"), "--lr", lr,
+                       "--deepspeed_config", "c.json", "--do-train", "--num-epochs", "1"])
+    env = DistEnv(rank=0, world_size=1, local_rank=0, local_world_size=1, device=torch.device("cpu"))
+    return RunDirectory(args, env, {"world_size": 1})
+
+
+def test_a_different_run_is_sent_to_a_fresh_folder_not_told_to_start_over(tmp_path):
+    first = run_directory(tmp_path)
+    first.write_args({})
+    ckpt.save_resume_state(FakeEngine(), first.resume_root, ckpt.TrainerState(global_step=1), rank=0)
+    with pytest.raises(SystemExit) as exc:
+        run_directory(tmp_path, lr="5e-4")
+    message = str(exc.value)
+    assert message.startswith(f"{first.path} holds the state of a different run (lr: 0.001 -> 0.0005)")
+    assert "another SAVE_PATH (--save-dir)" in message and f"or delete {first.path} to start over" in message
+    assert "--no-resume" not in message  # it would delete the other experiment's state
+    assert run_directory(tmp_path).resume_tag == "step1"  # the same run still resumes
+
+
+def test_paused_marker_is_written_once_and_gone_when_the_run_starts_again(tmp_path):
+    from todi.training.resume import PAUSED_MARKER
+
+    run = run_directory(tmp_path)
+    run.mark_paused("paused at step 1 of 2 by --stop-after-iters: rerun the same command to continue")
+    assert (run.path / PAUSED_MARKER).read_text() == \
+        "paused at step 1 of 2 by --stop-after-iters: rerun the same command to continue\n"
+    run_directory(tmp_path)
+    assert not (run.path / PAUSED_MARKER).exists()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from _training import REPO, read_metrics, subprocess_env
+from todi.training.resume import PAUSED_EXIT_CODE
 from test_trainer_dist import checkpoints, run_script
 from test_trainer_dist import setup  # noqa: F401  (the module fixture: tiny models and data)
 
@@ -76,8 +77,9 @@ def free_port() -> int:
 
 
 def run_two_nodes(save_path: Path, student, teacher, data, extra: str = "", timeout: int = 300,
-                  node1: dict | None = None, check: bool = True) -> list[subprocess.CompletedProcess]:
-    """The same script on node 0 and node 1 at once (``node1``: other settings there); their results."""
+                  node1: dict | None = None, check: bool = True, code: int = 0) -> list[subprocess.CompletedProcess]:
+    """The same script on node 0 and node 1 at once (``node1``: other settings there); their results
+    (with ``check``, each node's exit code is ``code``)."""
     port = str(free_port())
     procs, outputs = [], []
     try:
@@ -104,7 +106,7 @@ def run_two_nodes(save_path: Path, student, teacher, data, extra: str = "", time
                 proc.wait()
     results = [subprocess.CompletedProcess(p.args, p.returncode, out) for p, out in zip(procs, outputs)]
     for node_rank, result in enumerate(results):
-        assert not check or result.returncode == 0, f"node {node_rank}:\n{result.stdout[-3000:]}"
+        assert not check or result.returncode == code, f"node {node_rank}:\n{result.stdout[-3000:]}"
     return results
 
 
@@ -126,7 +128,8 @@ def test_two_nodes_write_one_run_and_resume_like_one_node(setup, tmp_path):  # n
         (writes / "writes-rank1.txt").rename(writes / "one-node-rank1.txt")
 
         run = tmp_path / "two_nodes"
-        first = run_two_nodes(run, student, teacher, data, extra=f"--plugin {plugin} --stop-after-iters 3")
+        first = run_two_nodes(run, student, teacher, data, extra=f"--plugin {plugin} --stop-after-iters 3",
+                              code=PAUSED_EXIT_CODE)  # paused: both nodes exit 3
         assert "stopping after 3 steps" in first[0].stdout
         assert "2 process(es) on cpu" in first[0].stdout
         assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]

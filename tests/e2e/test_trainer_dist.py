@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 
+from todi.training.resume import PAUSED_EXIT_CODE
 from _training import REPO, cli, make_dolly, make_gpt2_pair, read_metrics, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,8 @@ def setup(shared_dir, tmp_path_factory):
     return root, student, teacher, make_dolly(shared_dir, root / "dolly", n_train=16, n_dev=4)
 
 
-def run_script(save_path, student, teacher, data, extra=""):
+def run_script(save_path, student, teacher, data, extra="", code=0):
+    """The KD script on 2 CPU ranks; ``code``: the exit code expected (PAUSED_EXIT_CODE for a paused run)."""
     env = {
         **subprocess_env(), "KD_OBJ": "ToDi", "GPUS": "", "NPROC": "2", "CKPT_PATH": str(student),
         "TEACHER_MODEL_PATH": str(teacher), "DATA_DIR": str(data), "SAVE_PATH": str(save_path), "EPOCH": "2",
@@ -36,7 +38,7 @@ def run_script(save_path, student, teacher, data, extra=""):
     }
     result = subprocess.run(["bash", str(REPO / "scripts/gpt2/vanilla_kd_gpt2_base.sh")], env=env,
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == code, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -75,7 +77,7 @@ def test_interrupted_run_resumes_exactly(setup, tmp_path):
     reference = tmp_path / "reference"
     run_script(reference, student, teacher, data)
     run = tmp_path / "interrupted"
-    first = run_script(run, student, teacher, data, extra="--stop-after-iters 3")
+    first = run_script(run, student, teacher, data, extra="--stop-after-iters 3", code=PAUSED_EXIT_CODE)
     assert "stopping after 3 steps" in first.stdout
     assert [r["step"] for r in read_metrics(run)] == [1, 2, 3]
     second = run_script(run, student, teacher, data)  # same command: resumes on its own

@@ -182,8 +182,10 @@ def _where(e: BaseException) -> str:
 
 
 def run_entry_point(main: Callable[[], int | None], *, prog: str,
-                    bad_input: tuple[type[BaseException], ...] = BAD_INPUT) -> int:
+                    bad_input: tuple[type[BaseException], ...] = BAD_INPUT, outcomes: tuple[int, ...] = ()) -> int:
     """Run an entry point's ``main()``; its exit code, after making sure a failure ends with its cause.
+
+    ``outcomes``: non-zero codes ``main`` returns that are results, not failures (training's "paused").
 
     ``SystemExit`` with a message and the ``bad_input`` exceptions become one ``<prog>: error:`` line
     (code 2; a SystemExit keeps its code when it has one); an argparse error or a ``main`` that returns
@@ -213,7 +215,7 @@ def run_entry_point(main: Callable[[], int | None], *, prog: str,
         except Exception as e:  # a bug, or an environment problem: keep the traceback, end with the cause
             traceback.print_exc()
             code, message = 1, _message(prog, f"{type(e).__name__}: {e}{_where(e)}")
-        if code != 0:
+        if code != 0 and not (message is None and code in outcomes):
             if message is not None:
                 fail(message, code)
             elif not _recorded:  # the message is already on stderr (argparse, a main that returned 2)

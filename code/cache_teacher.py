@@ -1,6 +1,7 @@
 """One pass of the teacher over a training split into a teacher cache: ``torchrun ... code/cache_teacher.py --help``.
 
-A failure on bad input ends with one ``cache_teacher.py: error: <cause>`` line and exit code 2.
+The command is :func:`todi.cache.cli.main`. A failure on bad input ends with one
+``cache_teacher.py: error: <cause>`` line and exit code 2.
 """
 
 import sys

@@ -1,123 +1,13 @@
-"""Evaluate a checkpoint (full, or base model + LoRA adapter) by sampled generation and ROUGE-L.
+"""Evaluate a checkpoint by sampled generation and ROUGE-L: ``torchrun ... code/evaluate.py --help``.
 
-    torchrun --nproc_per_node N code/evaluate.py --model-path CKPT \\
-        --data-dir data/dolly data/sinst/11_ --data-names dolly sinst/11_ \\
-        --seed 10 20 30 40 50 --save-dir CKPT/eval
-
-writes ``<save-dir>/<name>/seed<seed>/answers.jsonl`` and ``metrics.json`` for every set and seed.
-``scripts/eval/run_eval.sh`` and ``run_eval_lora.sh`` run the papers' protocol.
+The command is :func:`todi.evaluation.cli.main`. A failure on bad input ends with one ``error:``
+line and exit code 2 (recorded for torchrun's report and the launchers: :mod:`todi.util.failures`).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-import torch
-
-from todi.data.instructions import DataError
-from todi.util.distributed import init_distributed
-from todi.util.failures import fail, run_entry_point
-from todi.util.ds_config import PRECISIONS
-from todi.evaluation.sets import EvalSet, base_model_of_adapter, evaluate_sets
-from todi.generation.sampling import SamplingConfig
-from todi.models import load_model, load_tokenizer
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("model")
-    g.add_argument("--model-path", type=Path, help="checkpoint directory; with --peft-path, the base model "
-                   "(default: the adapter's adapter_config.json base_model_name_or_path)")
-    g.add_argument("--peft", choices=["lora"], help="the adapter type of --peft-path (official flag; LoRA is the only one)")
-    g.add_argument("--peft-path", type=Path, help="LoRA adapter directory, merged into the base model for generation")
-    g.add_argument("--dtype", choices=list(PRECISIONS), default="fp32",
-                   help="weights dtype (default fp32: answers then do not depend on batch size or GPU count; "
-                        "the official evaluation ran bf16, which is faster for large models)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", type=Path, nargs="+", required=True,
-                   help="one or more set directories, each holding valid.jsonl (prompt, output)")
-    g.add_argument("--data-names", nargs="+",
-                   help="the sets' names, used as output sub-folders (default: each directory's name)")
-    g.add_argument("--data-num", "--dev-num", type=int, default=-1, dest="data_num",
-                   help="evaluate only the first N examples of each set (-1: all; UnNI uses 10000)")
-    g = p.add_argument_group("generation")
-    g.add_argument("--seed", "--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50], dest="seeds",
-                   help="sampling seeds, one result per seed")
-    g.add_argument("--eval-batch-size", type=int, default=32, help="prompts per generate() call and rank")
-    g.add_argument("--max-length", type=int, default=512, help="prompt budget + answer budget, in tokens")
-    g.add_argument("--max-prompt-length", type=int, default=256,
-                   help="longer prompts keep their last tokens; answers get max-length - max-prompt-length tokens")
-    g.add_argument("--do-sample", action=argparse.BooleanOptionalAction, default=True,
-                   help="sample (default, the official protocol) or decode greedily")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--no-repeat-ngram-size", type=int, default=6,
-                   help="ban repeating any n-gram of this size (prompt included); 0 disables. The official test "
-                        "evaluation uses 6 (and its dev evaluation silently 0); here one value serves both")
-    p.add_argument("--save-dir", type=Path, required=True, help="results go to <save-dir>/<set>/seed<seed>/")
-    args = p.parse_args(argv)
-
-    if args.peft and not args.peft_path:
-        p.error("--peft lora needs --peft-path ADAPTER")
-    if not args.peft_path and not args.model_path:
-        p.error("give --model-path (a checkpoint), or --peft-path (a LoRA adapter)")
-    if args.data_names is None:
-        args.data_names = [d.name for d in args.data_dir]
-    if len(args.data_names) != len(args.data_dir):
-        p.error(f"{len(args.data_dir)} --data-dir but {len(args.data_names)} --data-names")
-    if args.data_num == 0 or args.data_num < -1:
-        p.error("--data-num must be a positive number of examples, or -1 for all")
-    if args.eval_batch_size < 1:
-        p.error("--eval-batch-size must be at least 1")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        config = SamplingConfig(
-            do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-            no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
-            max_prompt_length=args.max_prompt_length,
-        )
-        sets = [EvalSet(name, d / "valid.jsonl") for name, d in zip(args.data_names, args.data_dir)]
-        for s in sets:
-            if not s.path.is_file():
-                raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; prepare it with code/prepare_data.py)")
-        model_path = args.model_path or base_model_of_adapter(args.peft_path)
-        # a group of one without torchrun; NCCL on GPUs (one per local rank), gloo on CPU
-        env = init_distributed()
-        rank, world_size, device = env.rank, env.world_size, env.device
-        dtype = PRECISIONS[args.dtype]
-        # the adapter directory's tokenizer if it saved one (it may add tokens), else the model's
-        tokenizer_dir = args.peft_path if args.peft_path and (args.peft_path / "tokenizer_config.json").is_file() else model_path
-        tokenizer = load_tokenizer(tokenizer_dir)
-        model = load_model(model_path, dtype=dtype, adapter_path=args.peft_path, merge_adapter=True, device=device)
-        info = {
-            "model_path": str(model_path),
-            "adapter_path": str(args.peft_path) if args.peft_path else None,
-            "dtype": str(dtype).removeprefix("torch."),
-        }
-        log = print if rank == 0 else (lambda *a, **k: None)
-        log(f"evaluating {model_path}{' + ' + str(args.peft_path) if args.peft_path else ''} ({info['dtype']}, "
-            f"{world_size} rank(s) on {device.type}) on {', '.join(s.name for s in sets)} with seeds {args.seeds}")
-        evaluate_sets(
-            model, tokenizer, sets, args.seeds, args.save_dir, config, batch_size=args.eval_batch_size,
-            data_num=args.data_num, rank=rank, world_size=world_size, info=info, log=log,
-        )
-    except (DataError, OSError, ValueError) as e:  # bad input: one line (recorded for the launchers), code 2
-        code = fail(f"error: {e}")
-    else:
-        code = 0
-    # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.util.failures)
-    dist = torch.distributed
-    if dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
-        dist.destroy_process_group()
-    return code
-
+from todi.evaluation.cli import main
+from todi.util.failures import run_entry_point
 
 if __name__ == "__main__":
     sys.exit(run_entry_point(main, prog="evaluate.py"))

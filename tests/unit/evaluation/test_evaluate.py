@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "code"))
+from todi.evaluation import cli as evaluate_cli  # code/evaluate.py
 
-import evaluate as evaluate_cli  # noqa: E402  (code/evaluate.py)
+REPO = Path(__file__).resolve().parents[3]
 
 # small generation budgets keep these runs to seconds on a CPU
 LENGTHS = ["--max-length", "72", "--max-prompt-length", "64"]

@@ -6,16 +6,12 @@ import csv
 import io
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "code"))
-
-import report as report_cli  # noqa: E402  (code/report.py)
-from todi.evaluation.results import ResultError, collect, method_name, summarize, write_result  # noqa: E402
+from todi.evaluation import report_cli  # code/report.py
+from todi.evaluation.results import ResultError, collect, method_name, summarize, write_result
 
 SETS = ["dolly", "self-inst", "vicuna", "sinst/11_", "uinst/11_"]
 KD = "criterion=various_divergence__{obj}-bf16__teacher=gpt2-xlarge__kd^rate=0.5__kd^temp=2.0__epoch=20__bsz=4x2x4=32__lr=0.0005"

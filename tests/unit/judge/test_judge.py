@@ -20,14 +20,13 @@ import pytest
 
 pytest.importorskip("openai")
 
-REPO = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(REPO / "code"))
-
-import judge as judge_cli  # noqa: E402  (code/judge.py)
+from todi.judge import cli as judge_cli  # noqa: E402  (code/judge.py)
 from todi.judge.client import messages, parse_verdict  # noqa: E402
 from todi.judge.inputs import question_of  # noqa: E402
 from todi.judge.stats import combine, sign_test_p, wilson_interval  # noqa: E402
 from todi.evaluation.results import write_result  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[3]
 
 MARK = "EXCELLENT"  # the fake judge prefers the response that contains it, wherever it is shown
 FAST = ["--retry-delay", "0.001", "--max-retry-delay", "0.01", "--timeout", "10"]

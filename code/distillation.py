@@ -8,7 +8,8 @@ launcher: :mod:`todi.util.failures`).
 import sys
 
 from todi.training.cli import main
+from todi.training.resume import PAUSED_EXIT_CODE
 from todi.util.failures import run_entry_point
 
 if __name__ == "__main__":
-    sys.exit(run_entry_point(main, prog="distillation.py"))
+    sys.exit(run_entry_point(main, prog="distillation.py", outcomes=(PAUSED_EXIT_CODE,)))

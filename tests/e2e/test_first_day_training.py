@@ -69,15 +69,15 @@ def test_explicitly_empty_gpus_runs_on_the_cpu_in_fp32_unless_precision_is_set(t
 def test_distillation_exit_code_is_the_paused_one_only_outside_torchrun(monkeypatch):
     """Under torchrun a non-zero worker exit is a failure report: there every rank exits 0 and the
     launcher reads the run directory's PAUSED marker instead."""
-    from todi.training import cli, trainer
+    from todi.training import cli
     from todi.training.resume import PAUSED_EXIT_CODE
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     for paused, code in ((True, PAUSED_EXIT_CODE), (False, 0)):
-        monkeypatch.setattr(trainer, "main", lambda argv=None, paused=paused: paused)
+        monkeypatch.setattr(cli, "train", lambda argv=None, paused=paused: paused)
         assert cli.main([]) == code
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
-    monkeypatch.setattr(trainer, "main", lambda argv=None: True)
+    monkeypatch.setattr(cli, "train", lambda argv=None: True)
     assert cli.main([]) == 0
     assert PAUSED_EXIT_CODE == 3 and "PAUSED_EXIT_CODE=3 " in (REPO / "scripts/torchrun_launch.sh").read_text()
 

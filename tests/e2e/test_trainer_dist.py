@@ -98,7 +98,7 @@ def test_interrupted_run_resumes_exactly(setup, tmp_path):
 def one_process(setup):
     """The reference's settings on one process with twice the accumulation (in this process)."""
     from todi.util.distributed import init_distributed
-    from todi.training.trainer import main
+    from todi.training.cli import main
 
     root, student, teacher, data = setup
     init_distributed()

@@ -20,7 +20,7 @@ from todi.evaluation.results import check_set_name, write_result
 
 __all__ = ["EvalSet", "base_model_of_adapter", "evaluate_sets", "load_eval_set"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # code/todi/evaluation/sets.py -> the checkout
 
 
 @dataclass(frozen=True)

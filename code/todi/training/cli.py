@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import os
 
-from todi.training import trainer
+from todi.data.instructions import DataError
+from todi.training.args import parse_args
 from todi.training.resume import PAUSED_EXIT_CODE
+from todi.training.trainer import Trainer
+from todi.util.distributed import init_distributed
+from todi.util.log import logger, setup_logging
 
-__all__ = ["main"]
+__all__ = ["exit_code", "main", "train"]
 
 TORCHRUN_VARIABLE = "TORCHELASTIC_RUN_ID"  # set by torchrun in every worker
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the flags (:func:`todi.training.args.parse_args`), build the trainer and train; the exit code.
+def train(argv: list[str] | None = None) -> bool:
+    """Parse the flags, build the trainer and train; True when paused by ``--stop-after-iters``.
+    A bad input or setting ends as ``SystemExit("distillation.py: error: ...")``."""
+    args = parse_args(argv)
+    env = init_distributed()
+    setup_logging(env.rank)
+    logger.info(f"{env.world_size} process(es) on {env.device.type}; run directory {args.save_dir}")
+    try:
+        trainer = Trainer(args, env)
+    except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
+        raise SystemExit(f"distillation.py: error: {e}") from None
+    return trainer.train()
 
-    0 when done; :data:`PAUSED_EXIT_CODE` when paused by ``--stop-after-iters``, except under torchrun,
-    which reports any non-zero worker exit as a failure: there every rank exits 0 and the launcher
-    reads the run directory's ``PAUSED`` marker. A bad input or setting ends as
-    ``SystemExit("distillation.py: error: ...")``.
-    """
-    # the body (parse, build, train) is trainer.main for now; it belongs here once trainer.py moves it
-    paused = trainer.main(argv)
+
+def exit_code(paused: bool) -> int:
+    """0 when done; :data:`PAUSED_EXIT_CODE` when paused, except under torchrun, which reports any
+    non-zero worker exit as a failure: there every rank exits 0 and the launcher reads the run
+    directory's ``PAUSED`` marker."""
     return PAUSED_EXIT_CODE if paused and TORCHRUN_VARIABLE not in os.environ else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``code/distillation.py``: :func:`train`, then its :func:`exit_code`."""
+    return exit_code(train(argv))

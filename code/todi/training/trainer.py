@@ -25,18 +25,18 @@ from torch import Tensor
 from todi.training import checkpoint as ckpt
 from todi.data.batching import epoch_plan
 from todi.loss.criterion import DistillationLoss, LossOutput, loss_scale
-from todi.data.instructions import Batch, DataError
+from todi.data.instructions import Batch
 from todi.evaluation.dev import DevEvaluation
-from todi.util.distributed import DistEnv, all_reduce_sum, barrier, init_distributed
+from todi.util.distributed import DistEnv, all_reduce_sum, barrier
 from todi.models.fused_head import fused_student_loss
 from todi.kernels import SparseTargets
 from todi.util.labels import IGNORE_INDEX
-from todi.util.log import MetricsLog, format_record, logger, setup_logging
+from todi.util.log import MetricsLog, format_record, logger
 from todi.training.resume import RunDirectory
 from todi.training.step_metrics import StepMetrics, StepSums
 from todi.training import setup
 
-__all__ = ["Trainer", "main", "student_loss", "teacher_forward"]
+__all__ = ["Trainer", "student_loss", "teacher_forward"]
 
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
@@ -324,18 +324,3 @@ class Trainer:
 
     def evaluate(self) -> dict:
         return self.dev.evaluate(self.engine.module, self.data.dev, self.data.eval_collate, self.data.tokenizer)
-
-
-def main(argv: list[str] | None = None) -> bool:
-    """Parse, build the trainer, train; True when the run paused (``--stop-after-iters``)."""
-    from todi.training.args import parse_args
-
-    args = parse_args(argv)
-    env = init_distributed()
-    setup_logging(env.rank)
-    logger.info(f"{env.world_size} process(es) on {env.device.type}; run directory {args.save_dir}")
-    try:
-        trainer = Trainer(args, env)
-    except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
-        raise SystemExit(f"distillation.py: error: {e}") from None
-    return trainer.train()

@@ -180,3 +180,15 @@ def test_run_eval_lora_script_finds_the_base_model(lora_adapter, data_dir, tmp_p
     proc = subprocess.run(["bash", str(REPO / "scripts/eval/run_eval.sh"), str(tmp_path / "no-such-ckpt")],
                           env=_script_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "not found" in proc.stderr
+
+
+def test_an_adapters_relative_base_model_is_found_from_the_repository_root(tmp_path, monkeypatch):
+    """The training scripts record the base model relative to the checkout (e.g. model_hub/...): found
+    from any working directory."""
+    from todi.evaluation.sets import base_model_of_adapter
+
+    repo = Path(__file__).resolve().parents[3]
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "configs/deepspeed"}))
+    monkeypatch.chdir(tmp_path)
+    assert base_model_of_adapter(tmp_path / "adapter") == repo / "configs/deepspeed"

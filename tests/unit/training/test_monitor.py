@@ -75,7 +75,7 @@ def test_a_missing_package_fails_at_startup_with_the_install_command(backend, in
 @pytest.mark.slow
 def test_tensorboard_and_csv_events_of_a_tiny_kd_run(process_group, shared_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    from todi.training.trainer import main
+    from todi.training.cli import main
 
     student, teacher = make_gpt2_pair(shared_dir, tmp_path / "models")
     dolly = make_dolly(shared_dir, tmp_path / "dolly", n_train=8, n_dev=2)

@@ -34,7 +34,7 @@ def dolly(shared_dir, tmp_path_factory):
 
 
 def train(argv):
-    from todi.training.trainer import main
+    from todi.training.cli import main
 
     main([str(a) for a in argv])
 

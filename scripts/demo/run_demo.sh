@@ -5,6 +5,9 @@
 # comparison), evaluates ROUGE-L on the demo's test set and prints a table. Training goes through
 # the paper's scripts (scripts/gpt2/*.sh) with environment overrides; evaluation through
 # scripts/eval/run_eval.sh and code/report.py. Every setting below can be set from the environment.
+# Every setting is checked before anything is built or trained. A rerun keeps earlier results: the data
+# and models are reused, each run folder (one per objective: runs/student_kd_<KD_OBJ>) resumes or is
+# complete already, so `KD_OBJ=forward_kl make demo` adds a row to the table; FORCE=1 starts over.
 set -eo pipefail
 
 BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -31,6 +34,7 @@ CACHE_K=${CACHE_K:-}            # e.g. 64: also distil from a top-k teacher cach
 RUN_EVAL=${RUN_EVAL:-1}         # 0: train only
 SEEDS=${SEEDS:-10}
 EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-64}
+FORCE=${FORCE:-}                # 1: delete an earlier demo in DEMO_DIR (only ever one the demo made) and start over
 
 START=$(date +%s)
 say() { echo "==> $*"; }
@@ -38,16 +42,18 @@ best_checkpoint() {  # the checkpoint a run kept (SAVE_BEST_N_CKPTS=1)
     find "$1" -maxdepth 1 -type d -name 'epoch*' | sort | tail -n 1
 }
 
-# start from scratch, but only ever delete a directory an earlier demo made
-if [ -e "${DEMO_DIR}" ] && [ -n "$(ls -A "${DEMO_DIR}")" ] && [ ! -f "${DEMO_DIR}/.todi-demo" ]; then
-    echo "${DEMO_DIR} exists and was not made by the demo; set DEMO_DIR to another directory" >&2
-    exit 2
-fi
-rm -rf "${DEMO_DIR}"
-mkdir -p "${DEMO_DIR}" && touch "${DEMO_DIR}/.todi-demo"
-say "building the demo data, tokenizer and models in ${DEMO_DIR}"
-PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.tools.demo "${DEMO_DIR}" \
-    --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid "${NUM_VALID}"
+demo() { PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.tools.demo "$@"; }
+evaluated() {  # whether every seed of the demo set has a result for the checkpoint $1
+    local seed
+    for seed in ${SEEDS}; do [ -f "$1/eval/demo/seed${seed}/metrics.json" ] || return 1; done
+}
+
+# every setting, before anything is built or trained (KD_OBJ through the objective registry)
+(export NUM_TRAIN NUM_DEV NUM_VALID TEACHER_EPOCHS STUDENT_EPOCHS BATCH_SIZE EVAL_BATCH_SIZE NPROC LR PRECISION \
+        STUDENT_SFT RUN_EVAL SEEDS CACHE_K KD_OBJ PLUGINS FORCE && demo --check)
+# the data and models: built once (reused, with every earlier run, while their settings stay the same)
+say "the demo data, tokenizer and models in ${DEMO_DIR}"
+demo "${DEMO_DIR}" --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid "${NUM_VALID}" ${FORCE:+--force}
 
 # what every training run shares (the paper's scripts read these from the environment)
 TRAIN_ENV=(BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" BATCH_SIZE="${BATCH_SIZE}" LR="${LR}"
@@ -85,6 +91,10 @@ fi
 
 if [ "${RUN_EVAL}" = 1 ]; then
     for ckpt in "${CHECKPOINTS[@]}"; do
+        if evaluated "${ckpt}"; then
+            say "evaluated already: ${ckpt#"${DEMO_DIR}"/}"
+            continue
+        fi
         say "evaluating ${ckpt#"${DEMO_DIR}"/}"
         env BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" EVAL_DATA_DIR="${DEMO_DIR}/data" \
             EVAL_SETS=demo SEEDS="${SEEDS}" bash "${BASE_PATH}/scripts/eval/run_eval.sh" "${ckpt}" "${EVAL_BATCH_SIZE}"

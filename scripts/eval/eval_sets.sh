@@ -1,13 +1,18 @@
 # Shared body of run_eval.sh and run_eval_lora.sh (sourced, not run): the papers' protocol (its settings
 # below, each can be set from the environment), then one evaluate.py run per set with every seed (the
-# model is loaded once per set); a set without data is skipped with a message. NPROC=1 runs python
+# model is loaded once per set). An EVAL_SETS entry that is neither one of the papers' sets nor a folder
+# with data is an error before anything runs; a paper set without data is skipped (listed again at the
+# end). EVAL_NUM=N evaluates the first N examples of each set. NPROC=1 runs python
 # directly, more ranks torchrun; a failure stops the loop and ends with its cause (after torchrun's
 # report) and a non-zero exit code.
 # Needs MODEL_ARGS, BATCH, BASE_PATH and EVAL_OUT (NPROC optional).
 # shellcheck shell=bash
 
 EVAL_DATA_DIR=${EVAL_DATA_DIR:-${BASE_PATH}/data}
-EVAL_SETS=${EVAL_SETS:-"dolly self-inst vicuna sinst/11_ uinst/11_"}
+PAPER_SETS="dolly self-inst vicuna sinst/11_ uinst/11_"   # todi.evaluation.results.PAPER_SETS
+EVAL_SETS=${EVAL_SETS:-${PAPER_SETS}}
+EVAL_NUM=${EVAL_NUM:-}                 # empty: every example (UnNI: its first 10,000, the official protocol)
+UNI_NUM=10000
 SEEDS=${SEEDS:-"10 20 30 40 50"}
 MAX_LENGTH=${MAX_LENGTH:-512}               # prompt + answer tokens (official: 512)
 MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-256}  # answers get MAX_LENGTH - MAX_PROMPT_LENGTH tokens
@@ -26,15 +31,33 @@ export TOKENIZERS_PARALLELISM=false
 export PYTHONIOENCODING=utf-8
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}
 
+if [[ -n ${EVAL_NUM} && ! ${EVAL_NUM} =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: EVAL_NUM=${EVAL_NUM}: expected a positive number of examples per set (empty: all)" >&2
+    exit 2
+fi
+unknown=()
+for set in ${EVAL_SETS}; do
+    if [[ ! -f ${EVAL_DATA_DIR}/${set}/valid.jsonl && " ${PAPER_SETS} " != *" ${set} "* ]]; then
+        unknown+=("${set}")
+    fi
+done
+if [[ ${#unknown[@]} -gt 0 ]]; then
+    found=$(cd "${EVAL_DATA_DIR}" 2>/dev/null && find . -mindepth 2 -maxdepth 3 -name valid.jsonl | sed -e 's|^\./||' -e 's|/valid.jsonl$||' | sort | tr '\n' ' ')
+    echo "error: unknown EVAL_SETS entry: ${unknown[*]}; known: the papers' ${PAPER_SETS}, or a folder of ${EVAL_DATA_DIR} with valid.jsonl${found:+ (there: ${found% })}" >&2
+    exit 2
+fi
+
 evaluated=0
+skipped=()
 for set in ${EVAL_SETS}; do
     if [[ ! -f ${EVAL_DATA_DIR}/${set}/valid.jsonl ]]; then
         echo "skipping ${set}: ${EVAL_DATA_DIR}/${set}/valid.jsonl not found (python code/prepare_data.py --help)"
+        skipped+=("${set}")
         continue
     fi
-    DATA_NUM=-1
-    if [[ ${set} == uinst/* ]]; then
-        DATA_NUM=10000   # the official protocol scores UnNI's first 10,000 examples
+    DATA_NUM=${EVAL_NUM:--1}
+    if [[ ${set} == uinst/* && ( -z ${EVAL_NUM} || ${EVAL_NUM} -gt ${UNI_NUM} ) ]]; then
+        DATA_NUM=${UNI_NUM}   # the official protocol scores UnNI's first 10,000 examples
     fi
     if [[ ${NPROC} -eq 1 ]]; then
         LAUNCH=(python3)   # one process: no launcher, its own error line is the last one
@@ -66,5 +89,8 @@ done
 if [[ ${evaluated} -eq 0 ]]; then
     echo "error: none of the sets (${EVAL_SETS}) has data under ${EVAL_DATA_DIR}" >&2
     exit 2
+fi
+if [[ ${#skipped[@]} -gt 0 ]]; then
+    echo "skipped (no data under ${EVAL_DATA_DIR}): ${skipped[*]}"
 fi
 echo "results in ${EVAL_OUT}; table: python ${BASE_PATH}/code/report.py ${EVAL_OUT}"

@@ -18,5 +18,9 @@ if [[ -f ${CKPT}/adapter_config.json && ! -f ${CKPT}/config.json ]]; then
     echo "error: ${CKPT} is a LoRA adapter; evaluate it with scripts/eval/run_eval_lora.sh" >&2
     exit 2
 fi
+if [[ ! -f ${CKPT}/config.json ]]; then   # not a model: say what it is (a run folder: its checkpoints, best first)
+    python3 "${BASE_PATH}/code/evaluate.py" --model-path "${CKPT}" --check-model
+    exit 2
+fi
 MODEL_ARGS=(--model-path "${CKPT}")
 source "${BASE_PATH}/scripts/eval/eval_sets.sh"

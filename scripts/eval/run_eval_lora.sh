@@ -11,8 +11,8 @@ BASE_PATH=${BASE_PATH:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 MODEL_PATH=${MODEL_PATH:-}
 EVAL_OUT=${EVAL_OUT:-${ADAPTER}/eval}
 
-if [[ ! -f ${ADAPTER}/adapter_config.json ]]; then
-    echo "error: ${ADAPTER} is not a LoRA adapter directory (no adapter_config.json)" >&2
+if [[ ! -f ${ADAPTER}/adapter_config.json ]]; then   # say what it is (a run folder: its checkpoints, best first)
+    python3 "${BASE_PATH}/code/evaluate.py" --peft-path "${ADAPTER}" --check-model
     exit 2
 fi
 MODEL_ARGS=(--peft lora --peft-path "${ADAPTER}")

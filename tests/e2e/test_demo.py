@@ -75,3 +75,31 @@ def test_demo_never_deletes_a_directory_it_did_not_make(tmp_path):
                             env=subprocess_env(DEMO_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "not made by the demo" in result.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_an_invalid_setting_fails_in_seconds_before_anything_is_built(tmp_path):
+    """KD_OBJ through the objective registry, its parameters and the other variables: one clear last line."""
+    for extra, last in (
+        ({"KD_OBJ": "todii"}, "error: KD_OBJ=todii (PLUGINS=): unknown divergence 'todii'; valid names: forward_kl"),
+        ({"GJSD_BETA": "0.3"}, "error: KD_OBJ=ToDi with its parameter variables and OBJ_ARGS: --gjsd-beta is a "
+                               "parameter of generalized_jsd, not of ToDi"),
+        ({"STUDENT_EPOCHS": "five"}, "error: STUDENT_EPOCHS=five: expected a whole number >= 1"),
+    ):
+        result = subprocess.run(["bash", str(REPO / "scripts/demo/run_demo.sh")],
+                                env=subprocess_env(DEMO_DIR=str(tmp_path / "demo"), **extra),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(last), result.stderr
+        assert not (tmp_path / "demo").exists()
+
+
+def test_a_rerun_keeps_the_earlier_demo_unless_forced(tmp_path):
+    settings = {"num_train": 20, "num_dev": 4, "num_valid": 4, "seed": 0}
+    assert demo.prepare_dir(tmp_path / "d", settings) is False
+    (tmp_path / "d" / "runs" / "student_kd_ToDi").mkdir(parents=True)  # an earlier objective's results
+    demo.main([str(tmp_path / "d"), "--num-train", "20", "--num-dev", "4", "--num-valid", "4"])
+    assert demo.prepare_dir(tmp_path / "d", settings) is True  # built: reused, its runs kept
+    assert (tmp_path / "d" / "runs" / "student_kd_ToDi").is_dir()
+    with pytest.raises(demo.DemoError, match="other data settings .* FORCE=1 deletes it"):
+        demo.prepare_dir(tmp_path / "d", {**settings, "num_train": 40})
+    assert demo.prepare_dir(tmp_path / "d", {**settings, "num_train": 40}, force=True) is False
+    assert not (tmp_path / "d" / "runs").exists()

@@ -19,7 +19,8 @@ from todi.data.instructions import DataError
 from todi.util.distributed import init_distributed
 from todi.util.failures import fail
 from todi.util.ds_config import PRECISIONS
-from todi.evaluation.sets import EvalSet, base_model_of_adapter, evaluate_sets
+from todi.evaluation.results import PAPER_SETS
+from todi.evaluation.sets import EvalSet, base_model_of_adapter, check_model_dir, evaluate_sets
 from todi.generation.sampling import SamplingConfig
 from todi.models import load_model, load_tokenizer
 
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights dtype (default fp32: answers then do not depend on batch size or GPU count; "
                         "the official evaluation ran bf16, which is faster for large models)")
     g = p.add_argument_group("data")
-    g.add_argument("--data-dir", type=Path, nargs="+", required=True,
-                   help="one or more set directories, each holding valid.jsonl (prompt, output)")
+    g.add_argument("--data-dir", type=Path, nargs="+",
+                   help="one or more set directories, each holding valid.jsonl (prompt, output); required")
     g.add_argument("--data-names", nargs="+",
                    help="the sets' names, used as output sub-folders (default: each directory's name)")
     g.add_argument("--data-num", "--dev-num", type=int, default=-1, dest="data_num",
@@ -60,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-repeat-ngram-size", type=int, default=6,
                    help="ban repeating any n-gram of this size (prompt included); 0 disables. The official test "
                         "evaluation uses 6 (and its dev evaluation silently 0); here one value serves both")
-    p.add_argument("--save-dir", type=Path, required=True, help="results go to <save-dir>/<set>/seed<seed>/")
+    p.add_argument("--save-dir", type=Path, help="results go to <save-dir>/<set>/seed<seed>/; required")
+    p.add_argument("--check-model", action="store_true",
+                   help="only check that --model-path is a checkpoint (and --peft-path an adapter), then stop: "
+                        "a training run folder is an error naming its checkpoints (the eval scripts' first step)")
     return p
 
 
@@ -72,6 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--peft lora needs --peft-path ADAPTER")
     if not args.peft_path and not args.model_path:
         p.error("give --model-path (a checkpoint), or --peft-path (a LoRA adapter)")
+    if args.check_model:
+        return args
+    missing = [flag for flag, value in (("--data-dir", args.data_dir), ("--save-dir", args.save_dir)) if value is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)}")
     if args.data_names is None:
         args.data_names = [d.name for d in args.data_dir]
     if len(args.data_names) != len(args.data_dir):
@@ -83,6 +92,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_model(args: argparse.Namespace) -> Path:
+    """The model directory to load, after checking it (and the adapter) before anything is loaded."""
+    if args.peft_path:
+        check_model_dir(args.peft_path, "adapter", "--peft-path")
+    model_path = args.model_path or base_model_of_adapter(args.peft_path)
+    check_model_dir(model_path, "model", "--model-path" if args.model_path else "the adapter's base model")
+    return model_path
+
+
 def evaluate(args: argparse.Namespace) -> None:
     """Load the model once, then answer and score every set with every seed (all ranks take part)."""
     config = SamplingConfig(
@@ -90,11 +108,13 @@ def evaluate(args: argparse.Namespace) -> None:
         no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
     )
+    model_path = check_model(args)
     sets = [EvalSet(name, d / "valid.jsonl") for name, d in zip(args.data_names, args.data_dir)]
     for s in sets:
         if not s.path.is_file():
-            raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; prepare it with code/prepare_data.py)")
-    model_path = args.model_path or base_model_of_adapter(args.peft_path)
+            hint = ("prepare it with code/prepare_data.py" if s.name in PAPER_SETS else
+                    f"not one of the papers' sets {', '.join(PAPER_SETS)}: a folder of your own needs valid.jsonl")
+            raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; {hint})")
     # a group of one without torchrun; NCCL on GPUs (one per local rank), gloo on CPU
     env = init_distributed()
     rank, world_size, device = env.rank, env.world_size, env.device
@@ -121,6 +141,9 @@ def main(argv=None) -> int:
     """``code/evaluate.py``: 0, or 2 after one ``error:`` line on bad input (recorded for the launchers)."""
     args = parse_args(argv)
     try:
+        if args.check_model:
+            check_model(args)
+            return 0
         evaluate(args)
     except (DataError, OSError, ValueError) as e:
         code = fail(f"error: {e}")

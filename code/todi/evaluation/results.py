@@ -24,8 +24,8 @@ import numpy as np
 from todi.util.atomic import atomic_write_text, atomic_write_with
 
 __all__ = [
-    "METRICS", "PAPER_SETS", "ResultError", "SeedResult", "Row", "check_set_name", "collect", "distinct_labels",
-    "method_name", "plot", "result_dir", "summarize", "to_csv", "to_markdown", "write_result",
+    "CHECKPOINT_NAME", "METRICS", "PAPER_SETS", "ResultError", "SeedResult", "Row", "check_set_name", "collect", "distinct_labels",
+    "method_name", "plot", "result_dir", "run_label", "summarize", "to_csv", "to_markdown", "write_result",
 ]
 
 # The five evaluation sets of the papers, in their table order, with the names the tables use.
@@ -137,6 +137,8 @@ def collect(roots: Iterable[str | Path]) -> list[SeedResult]:
 
 
 _PRECISION = re.compile(r"-(bf16|fp16|fp32)$")
+# a training run's checkpoint folder: epoch{E}_step{S}[_loss{L}[_rougel{R}]] (todi.training.checkpoint)
+CHECKPOINT_NAME = re.compile(r"epoch(\d+)_step(\d+)(?:_loss[-\d.naif]+)?(?:_rougel([-\d.naif]+))?")
 
 
 def method_name(checkpoint: Path) -> str | None:
@@ -158,6 +160,80 @@ def method_name(checkpoint: Path) -> str | None:
             return _PRECISION.sub("", config)
         return criterion
     return None
+
+
+# The recipes' settings a label leaves out (scripts/*/*.sh defaults): the protocol every recipe shares,
+# KD's and AdaKD's loss weights, and each student family's lr and epochs (keyed by the folders
+# outputs/<family>/<model>/ the scripts save under; runs saved elsewhere never show lr and epochs).
+PROTOCOL = {"seed": "10", "data": "dolly", "len": "512-256"}
+KD_RECIPE = {"kd^rate": "0.5", "kd^temp": "2.0"}
+ADAKD_RECIPE = {"kd^rate": "1.0", "kd^temp": "1.0"}
+ADAKD_DEFAULTS = {"c": "0.5", "eps": "0.05", "delta": "0.05", "difficulty": "hellinger"}
+_LLAMA_RECIPE = {"lr": "0.001", "epoch": "10"}
+FAMILY_RECIPES = {
+    "gpt2": {"lr": "0.0005", "epoch": "20"}, "gpt2/gpt2-xlarge": {"lr": "0.00005", "epoch": "10"},
+    "tinyllama": _LLAMA_RECIPE, "qwen2.5": _LLAMA_RECIPE, "olmo2": _LLAMA_RECIPE, "gemma3": _LLAMA_RECIPE,
+}
+LABEL_FIELDS = ("seed", "lr", "epoch", "kd^rate", "kd^temp", "data", "len")  # in this order; teacher, bsz: never
+
+
+def run_label(checkpoint: Path) -> str:
+    """The row label of a checkpoint, from its own path only (the same in every table): the method
+    (objective or SFT, ``+ AdaKD``, ``cached teacher``) and, in parentheses, the objective's parameters
+    and the settings that differ from the recipe, e.g. ``ToDi + AdaKD, cached teacher (todi-beta=2.0, seed=20)``.
+    A folder not named by the training scripts is labelled by its run folder's name (the checkpoint's
+    parent for an ``epoch*_step*`` checkpoint), e.g. the demo's ``student_kd_ToDi``."""
+    parts = checkpoint.parts
+    index = next((i for i in range(len(parts) - 1, -1, -1) if parts[i].startswith("criterion=")), None)
+    if index is None:
+        return checkpoint.parent.name if CHECKPOINT_NAME.fullmatch(checkpoint.name) and checkpoint.parent.name else checkpoint.name
+    fields = parts[index].split("__")
+    method, settings = _method_and_params(fields[0].removeprefix("criterion="), fields[1] if len(fields) > 1 else "")
+    adakd = next((f for f in fields if f.startswith("adakd^")), None)
+    if adakd is not None:
+        method += " + AdaKD"
+        settings += _adakd_settings(adakd)
+    if "cache" in fields:
+        method += ", cached teacher"
+    values = dict(f.split("=", 1) for f in fields[1:] if "=" in f and not f.startswith("adakd^"))
+    recipe = {**PROTOCOL, **(ADAKD_RECIPE if adakd else KD_RECIPE), **_family_recipe(parts[:index])}
+    settings += [f"{_flag(k)}={values[k]}" for k in LABEL_FIELDS
+                 if k in values and k in recipe and values[k] != recipe[k]]
+    return f"{method} ({', '.join(settings)})" if settings else method
+
+
+def _method_and_params(criterion: str, config: str) -> tuple[str, list[str]]:
+    """(method, objective parameters) of a run name's first two fields; ``ToDi-todi^beta=2.0-bf16``
+    is ToDi with ``todi-beta=2.0``."""
+    if criterion == "cross_entropy":
+        return "SFT" + (" (LoRA)" if config.startswith("lora") else ""), []
+    if criterion != "various_divergence" or not config:
+        return criterion, []
+    pieces = _PRECISION.sub("", config).split("-")
+    name = "-".join(p for p in pieces if "=" not in p)
+    return name, [_flag(p) for p in pieces if "=" in p]
+
+
+def _adakd_settings(tag: str) -> list[str]:
+    """AdaKD's settings that differ from its defaults, from ``adakd^c=0.5^eps=0.05^delta=0.05^hellinger``."""
+    given = {}
+    for item in tag.removeprefix("adakd^").split("^"):
+        key, _, value = item.partition("=")
+        given.update({key: value} if value else {"difficulty": key})
+    return [f"adakd-{k}={v}" for k, v in given.items() if ADAKD_DEFAULTS.get(k) != v]
+
+
+def _family_recipe(parents: Sequence[str]) -> dict[str, str]:
+    """lr and epochs of the recipe that saved to ``.../<family>/<model>/<task>/<run>``; {} when unknown."""
+    if len(parents) < 3:
+        return {}
+    family, model = parents[-3], parents[-2]
+    return FAMILY_RECIPES.get(f"{family}/{model}", FAMILY_RECIPES.get(family, {}))
+
+
+def _flag(key: str) -> str:
+    """A run name's key as its flag reads: ``kd^rate`` -> ``kd-rate``."""
+    return key.replace("^", "-")
 
 
 @dataclass
@@ -194,8 +270,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 
 def summarize(results: Sequence[SeedResult], root: str | Path | None = None, metric: str = "rougeL") -> tuple[list[Row], list[str]]:
     """Rows (one per checkpoint, in path order) and the set columns (the paper's five first, in their
-    order, then any other set alphabetically). Rows are labelled by method; labels shared by several
-    checkpoints get the checkpoint's path (relative to ``root``) appended."""
+    order, then any other set alphabetically). Rows are labelled by :func:`run_label`, from each
+    checkpoint's own path; only checkpoints whose labels are identical (the same settings, e.g. in two
+    output trees) get what tells their paths apart (relative to ``root``) appended."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     rows: dict[Path, Row] = {}
@@ -217,8 +294,7 @@ def summarize(results: Sequence[SeedResult], root: str | Path | None = None, met
 
     ordered = [rows[k] for k in sorted(rows)]
     places = [where(row.checkpoint) for row in ordered]
-    labels = distinct_labels([method_name(row.checkpoint) or p for row, p in zip(ordered, places)],
-                             [_path_tokens(p) for p in places], places)
+    labels = distinct_labels([run_label(row.checkpoint) for row in ordered], [_path_tokens(p) for p in places], places)
     for row, label in zip(ordered, labels):
         row.label = label
     present = {s for row in ordered for s in row.seeds}

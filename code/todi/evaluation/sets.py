@@ -16,9 +16,9 @@ from pathlib import Path
 from todi.data.instructions import DataError, read_jsonl
 from todi.generation.sampling import SamplingConfig, sample_answers
 from todi.evaluation.rouge import compute_metrics
-from todi.evaluation.results import check_set_name, write_result
+from todi.evaluation.results import CHECKPOINT_NAME, check_set_name, write_result
 
-__all__ = ["EvalSet", "base_model_of_adapter", "evaluate_sets", "load_eval_set"]
+__all__ = ["EvalSet", "base_model_of_adapter", "check_model_dir", "evaluate_sets", "load_eval_set", "run_checkpoints"]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # code/todi/evaluation/sets.py -> the checkout
 
@@ -65,6 +65,40 @@ def base_model_of_adapter(adapter_dir: str | Path) -> Path:
     raise FileNotFoundError(
         f"{config_path}: base model {name!r} is not a directory here; give it with --model-path / MODEL_PATH"
     )
+
+
+MODEL_FILE = {"model": "config.json", "adapter": "adapter_config.json"}
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoints (``epoch*_step*`` subfolders holding a model or an adapter) of a training run
+    folder: best dev ROUGE-L first when every name carries it (``..._rougel<R>``), else latest step first."""
+    found = []
+    for sub in Path(run_dir).iterdir() if Path(run_dir).is_dir() else ():
+        match = CHECKPOINT_NAME.fullmatch(sub.name)
+        if match and any((sub / f).is_file() for f in MODEL_FILE.values()):
+            found.append((sub, int(match.group(2)), match.group(3)))
+    if found and all(rouge is not None for _, _, rouge in found):
+        return [sub for sub, _, rouge in sorted(found, key=lambda f: -float(f[2]))]
+    return [sub for sub, step, _ in sorted(found, key=lambda f: -f[1])]
+
+
+def check_model_dir(path: str | Path, kind: str = "model", flag: str = "--model-path") -> None:
+    """Raise FileNotFoundError unless ``path`` is a ``kind`` ("model" or "adapter") folder; a training
+    run folder is named as such, with its checkpoints (best first), and any other folder says what was expected."""
+    path, needed = Path(path), MODEL_FILE[kind]
+    if (path / needed).is_file():
+        return
+    if not path.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no such directory")
+    checkpoints = run_checkpoints(path)
+    if checkpoints:
+        order = "best dev ROUGE-L first" if CHECKPOINT_NAME.fullmatch(checkpoints[0].name).group(3) else "latest first"
+        raise FileNotFoundError(
+            f"{flag} {path} is a training run folder, not a checkpoint; evaluate one of its checkpoints "
+            f"({order}): {', '.join(c.name for c in checkpoints)}, e.g. {checkpoints[0]}")
+    raise FileNotFoundError(f"{flag} {path} is not a {'LoRA adapter' if kind == 'adapter' else 'checkpoint'}: "
+                            f"expected a folder holding {needed}, such as a training run's epoch*_step* subfolder")
 
 
 def evaluate_sets(

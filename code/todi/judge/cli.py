@@ -2,7 +2,7 @@
 
     python code/judge.py CKPT_A CKPT_B --out-dir outputs/judge/todi_vs_fkl            # gpt-4 on api.openai.com
     python code/judge.py CKPT_A CKPT_B --out-dir DIR --base-url http://localhost:8000/v1 --model NAME
-    python code/judge.py CKPT_A CKPT_B --out-dir DIR --dry-run                         # the cost estimate only
+    python code/judge.py CKPT_A CKPT_B --out-dir DIR --dry-run                         # the cost estimate and one prompt
 
 Judges every set that both checkpoints answered (``<ckpt>/eval/<set>/seed<seed>/answers.jsonl``,
 written by scripts/eval/run_eval.sh) with a common seed, each example in both presentation orders,
@@ -23,7 +23,7 @@ from todi.util.atomic import atomic_write_text
 from todi.judge.client import JudgeConfig, VerdictCache, build_jobs, estimate, make_client, run_jobs, tally
 from todi.judge.inputs import JudgeError, load_pairs
 from todi.judge.stats import plot, summary_rows, to_csv, to_markdown
-from todi.evaluation.results import method_name
+from todi.evaluation.results import run_label
 
 __all__ = ["judge", "main", "parse_args"]
 
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("ckpt_a", type=Path, help="checkpoint A (the folder holding eval/), or its eval folder")
     p.add_argument("ckpt_b", type=Path, help="checkpoint B, likewise")
     p.add_argument("--out-dir", type=Path, required=True, help="where the table, plot, verdicts and cache go")
-    p.add_argument("--name-a", help="model A's name in the table (default: its method, or folder name)")
+    p.add_argument("--name-a", help="model A's name in the table (default: its row label in report.py's table)")
     p.add_argument("--name-b", help="model B's name in the table")
     p.add_argument("--sets", nargs="+", help="only these sets (default: every set both answered)")
     p.add_argument("--seed", type=int, help="the sampling seed judged (default: the smallest common one per set)")
@@ -60,7 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--price-prompt", type=float, default=PRICE_PROMPT_1K, help="US$ per 1k prompt tokens")
     p.add_argument("--price-completion", type=float, default=PRICE_COMPLETION_1K, help="US$ per 1k completion tokens")
     p.add_argument("--cache-dir", type=Path, help="verdict cache (default: OUT_DIR/cache)")
-    p.add_argument("--dry-run", action="store_true", help="print what it would ask and cost, and stop")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what it would cost and the first call's prompt, and stop (nothing is asked)")
     return p.parse_args(argv)
 
 
@@ -83,11 +84,11 @@ def _name(given: str | None, ckpt: Path) -> str:
         return given
     folder = ckpt.resolve()
     folder = folder.parent if folder.name == "eval" else folder
-    return method_name(folder) or folder.name
+    return run_label(folder)
 
 
 def judge(args: argparse.Namespace) -> int:
-    """Ask the judge what the cache lacks (nothing with --dry-run: the estimate only), then write the outputs."""
+    """Ask the judge what the cache lacks (nothing with --dry-run: the estimate and one prompt), then write the outputs."""
     config = JudgeConfig(model=args.model, base_url=args.base_url, api_key=args.api_key, temperature=args.temperature,
                          max_tokens=args.max_tokens, timeout=args.timeout, max_retries=args.max_retries,
                          retry_delay=args.retry_delay, max_retry_delay=args.max_retry_delay, workers=args.workers)
@@ -100,6 +101,8 @@ def judge(args: argparse.Namespace) -> int:
     print(", ".join(f"{p.name} (seed {p.seed}, {len(p.examples)} examples)" for p in pairs))
     print(cost.describe(config.model), flush=True)
     if args.dry_run:
+        if jobs:
+            print(example_prompt(jobs[0]))
         return 0
     if cost.calls:
         from tqdm import tqdm
@@ -109,6 +112,12 @@ def judge(args: argparse.Namespace) -> int:
             run_jobs(jobs, cache, config, client, progress=bar.update)
     write_outputs(args, pairs, jobs, cache, config.model)
     return 0
+
+
+def example_prompt(job) -> str:
+    """The messages of one call as the judge receives them, each under its role (--dry-run shows the first)."""
+    head = f"the first call's prompt ({job.set_name} example {job.index}, order {job.order}; the other order swaps the answers):"
+    return "\n".join([head, *(f"--- {m['role']} ---\n{m['content']}" for m in job.messages), "--- end ---"])
 
 
 def write_outputs(args, pairs, jobs, cache, model: str) -> None:

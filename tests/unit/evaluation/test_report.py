@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from todi.evaluation import report_cli  # code/report.py
-from todi.evaluation.results import ResultError, collect, method_name, summarize, write_result
+from todi.evaluation.results import ResultError, collect, method_name, run_label, summarize, write_result
 
 SETS = ["dolly", "self-inst", "vicuna", "sinst/11_", "uinst/11_"]
 KD = "criterion=various_divergence__{obj}-bf16__teacher=gpt2-xlarge__kd^rate=0.5__kd^temp=2.0__epoch=20__bsz=4x2x4=32__lr=0.0005"
@@ -101,9 +101,45 @@ def test_bad_result_files_are_named(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
-def test_a_hyperparameter_sweep_is_labelled_by_what_differs(tmp_path):
+def test_a_hyperparameter_sweep_is_labelled_by_what_differs_from_the_recipe(tmp_path):
+    """A label comes from the run's own name: the recipe's lr is not shown, another lr is, and each
+    row keeps its label in a table of its own (labels never depend on the other rows)."""
+    tree = tmp_path / "gpt2/gpt2-base/vanilla_kd"
     for lr in ("0.0005", "0.001"):
         run = KD.format(obj="ToDi").replace("lr=0.0005", f"lr={lr}")
-        _write(tmp_path / "gpt2/gpt2-base/vanilla_kd" / run / "epoch20_step100" / "eval", "dolly", 10, 25.0)
+        _write(tree / run / "epoch20_step100" / "eval", "dolly", 10, 25.0)
     rows, _ = summarize(collect([tmp_path]), root=tmp_path)
-    assert sorted(r.label for r in rows) == ["ToDi (lr=0.0005)", "ToDi (lr=0.001)"]
+    assert sorted(r.label for r in rows) == ["ToDi", "ToDi (lr=0.001)"]
+    for row in rows:
+        alone, _ = summarize(collect([row.checkpoint]), root=row.checkpoint)
+        assert [r.label for r in alone] == [row.label]
+
+
+NEW_KD = KD + "__seed={seed}__data=dolly__len=512-256"
+
+
+@pytest.mark.parametrize("run, label", [
+    (NEW_KD.format(obj="ToDi", seed=10), "ToDi"),  # today's names: seed, data and lengths at the protocol's
+    (NEW_KD.format(obj="ToDi", seed=20), "ToDi (seed=20)"),
+    (NEW_KD.format(obj="ToDi-todi^beta=2.0", seed=10), "ToDi (todi-beta=2.0)"),
+    (NEW_KD.format(obj="forward_kl", seed=10) + "__cache", "forward_kl, cached teacher"),
+    (NEW_KD.format(obj="ToDi", seed=10).replace("data=dolly", "data=demo").replace("kd^temp=2.0", "kd^temp=1.0"),
+     "ToDi (kd-temp=1.0, data=demo)"),
+    (KD.format(obj="reverse_kl").replace("bf16__", "bf16__adakd^c=0.5^eps=0.05^delta=0.05^hellinger__")
+     .replace("kd^rate=0.5__kd^temp=2.0", "kd^rate=1.0__kd^temp=1.0"), "reverse_kl + AdaKD"),
+    (KD.format(obj="reverse_kl").replace("bf16__", "bf16__adakd^c=0.3^eps=0.05^delta=0.05^hellinger__"),
+     "reverse_kl + AdaKD (adakd-c=0.3, kd-rate=0.5, kd-temp=2.0)"),
+    ("criterion=cross_entropy__bf16__epoch=10__bsz=8x1x4=32__lr=0.0005__seed=10__data=dolly__len=512-256",
+     "SFT (epoch=10)"),
+])
+def test_labels_name_the_method_and_what_differs_from_the_recipe(run, label):
+    assert run_label(Path("outputs/gpt2/gpt2-base/task") / run / "epoch1_step2_loss1.0_rougel20.0") == label
+
+
+def test_folders_not_named_by_the_scripts_are_labelled_by_their_run_folder():
+    assert run_label(Path("outputs/demo/runs/student_kd_ToDi/epoch5_step250_loss1.2_rougel60.1")) == "student_kd_ToDi"
+    assert run_label(Path("somewhere/my_model")) == "my_model"
+    # lr and epochs only where the recipe is known (runs saved under outputs/<family>/<model>/<task>/)
+    assert run_label(Path("elsewhere") / KD.format(obj="ToDi").replace("lr=0.0005", "lr=0.1") / "e") == "ToDi"
+    assert run_label(Path("outputs/tinyllama/tinyllama-1.1b-3T/vanilla_kd") / KD.format(obj="ToDi") / "e") == \
+        "ToDi (lr=0.0005, epoch=20)"

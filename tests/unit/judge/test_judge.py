@@ -301,6 +301,10 @@ def test_dry_run_and_max_examples(ckpts, tmp_path, server, capsys):
     tokens = int(re.search(r"~([\d,]+) prompt tokens", printed).group(1).replace(",", ""))
     assert f"${tokens / 1000:,.2f}" in printed
     assert server.requests == [] and not (out / "judge.md").exists()
+    # one example prompt, as README promises: the first call's messages, each under its role
+    first = printed[printed.index("the first call's prompt (dolly example 0, order AB"):]
+    assert "--- system ---\n" in first and "--- user ---\n" in first and "dolly question 0?" in first
+    assert first.rstrip().endswith("--- end ---")
     assert run(ckpts, out, server, "--max-examples", "2", "--sets", "vicuna") == 0
     assert len(server.requests) == 4 and list(read_csv(out)) == ["vicuna", "overall"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +30,7 @@ from todi.util.distributed import DistEnv, all_reduce_sum, barrier
 from todi.models.fused_head import fused_student_loss
 from todi.kernels import SparseTargets
 from todi.util.labels import IGNORE_INDEX
-from todi.util.log import MetricsLog, format_record, logger
+from todi.util.log import MetricsLog, format_record, logger, progress_bar
 from todi.training.resume import RunDirectory
 from todi.training.step_metrics import StepMetrics, StepSums
 from todi.training import setup
@@ -218,8 +217,6 @@ class Trainer:
         if state.global_step >= self.total_iters or state.epoch >= self.num_epochs:
             logger.info(f"training already complete in {self.save_dir}")
             return False
-        from tqdm import tqdm
-
         steps_this_run = 0
         self._start_time = self._last_log_time = time.perf_counter()
         logger.info(f"training: {args.criterion}" + (f" ({args.kd_objective}, kd_rate {args.kd_rate}, "
@@ -233,8 +230,8 @@ class Trainer:
                 ckpt.set_rng_state(self._rng_to_restore)
                 self._rng_to_restore = None
             self.engine.train()
-            bar = tqdm(total=len(plan), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}", unit="step",
-                       disable=not self.env.is_main, mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+            bar = progress_bar(total=len(plan), initial=state.step_in_epoch, desc=f"epoch {epoch + 1}", unit="step",
+                               disable=not self.env.is_main)
             while state.step_in_epoch < len(plan) and state.global_step < self.total_iters:
                 diagnostics = (state.global_step + 1) % args.log_interval == 0
                 self._optimizer_step([next(batches) for _ in range(args.gradient_accumulation_steps)], diagnostics)

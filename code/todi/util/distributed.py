@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from todi.util.log import quiet
 
 __all__ = ["DistEnv", "all_reduce_sum", "barrier", "init_distributed"]
 
@@ -33,12 +38,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _silence_libraries() -> None:
+    """Quiet mode: torch's deprecation of the collectives DeepSpeed calls (a FutureWarning per process
+    and call site, nothing a user can act on) is not shown."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+
+
 def init_distributed(timeout_minutes: int = 60) -> DistEnv:
     """Join (or create) the default process group through DeepSpeed.
 
     Under torchrun / the deepspeed launcher the environment describes the group; a plain
     ``python code/distillation.py`` becomes a one-process group. GPUs are used when CUDA sees
-    any (one per local rank), the CPU otherwise.
+    any (one per local rank), the CPU otherwise. Quiet (:func:`todi.util.log.quiet`): without the
+    libraries' per-process notices (DeepSpeed's "built successfully" lines, torch's deprecations).
     """
     import deepspeed
 
@@ -57,8 +69,13 @@ def init_distributed(timeout_minutes: int = 60) -> DistEnv:
         device, backend = torch.device("cuda", local_rank), "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
+    silent = quiet()
+    if silent:
+        _silence_libraries()
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
+        printed = contextlib.redirect_stdout(io.StringIO()) if silent else contextlib.nullcontext()
+        with printed:  # DeepSpeed prints a line per process when it builds its CPU communication op
+            deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(minutes=timeout_minutes))
     world_size = dist.get_world_size()
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     return DistEnv(dist.get_rank(), world_size, local_rank, local_world_size, device)

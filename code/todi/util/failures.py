@@ -13,6 +13,11 @@ report follows and would scroll that line away, the cause is also written
   ``scripts/eval/eval_sets.sh``: one per set). After a failed torchrun, the launcher prints, as the
   last lines, the earliest cause: ``python code/todi/util/failures.py DIR`` (this file, run as a script).
 
+Quiet (``$TODI_CAUSE_BY_LAUNCHER`` is ``1``: set by ``scripts/torchrun_launch.sh`` unless ``VERBOSE=1``),
+the launcher's lines are the only place the cause appears: a failing rank records it without printing
+it (printing it after all when it cannot be recorded), argparse's usage and error stay off the
+terminal, and a rank stopped by another's failure says so without repeating the cause.
+
 No rank waits for a failed one. Bad input is the same for every rank (same flags, same files), so
 usually every rank fails alike, and torchrun terminates the rest of its local group as soon as one
 worker fails. Across nodes that is not enough (a node's workers would wait in their next collective
@@ -40,10 +45,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["BAD_INPUT", "ERROR_DIR_VARIABLE", "FAILURE_KEY", "fail", "first_cause", "record", "run_entry_point",
-           "watch_group"]
+__all__ = ["BAD_INPUT", "CAUSE_BY_LAUNCHER_VARIABLE", "ERROR_DIR_VARIABLE", "FAILURE_KEY", "fail", "first_cause",
+           "record", "run_entry_point", "watch_group"]
 
 ERROR_DIR_VARIABLE = "TODI_ERROR_DIR"
+CAUSE_BY_LAUNCHER_VARIABLE = "TODI_CAUSE_BY_LAUNCHER"  # "1": the launcher prints the recorded cause, not the rank
 # Exceptions that mean bad input or settings (the package's DataError is a ValueError, its
 # PrepareError a RuntimeError and listed by prepare_data.py): a message, no traceback.
 BAD_INPUT: tuple[type[BaseException], ...] = (ValueError, OSError)
@@ -57,21 +63,28 @@ def _rank() -> str:
     return os.environ.get("RANK", "0")
 
 
-def _write_record(directory: str, entry: dict, *, replace: bool = True) -> None:
+def _cause_by_launcher() -> bool:
+    return os.environ.get(CAUSE_BY_LAUNCHER_VARIABLE) == "1"
+
+
+def _write_record(directory: str, entry: dict, *, replace: bool = True) -> bool:
+    """Write ``entry`` as ``directory``'s record of its rank; False if it could not be written."""
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / f"rank{entry['rank']}.txt"
         if not replace and path.exists():
-            return
+            return True
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(entry) + "\n", encoding="utf-8")
         os.replace(tmp, path)
+        return True
     except (OSError, ValueError):
-        pass
+        return False
 
 
-def record(message: str) -> None:
-    """Write ``message`` where torchrun's report, the launchers and the other ranks find it."""
+def record(message: str) -> bool:
+    """Write ``message`` where torchrun's report, the launchers and the other ranks find it; True if the
+    launcher will find it (``$TODI_ERROR_DIR`` is set and the record written there)."""
     _recorded.append(message)
     now = time.time_ns()
     entry = {"time_ns": now, "rank": int(_rank()), "message": message}
@@ -83,13 +96,13 @@ def record(message: str) -> None:
         except OSError:
             pass
     directory = os.environ.get(ERROR_DIR_VARIABLE)
-    if directory:
-        _write_record(directory, entry)
+    recorded = bool(directory) and _write_record(directory, entry)
     if _store is not None:
         try:  # the first failure stays: set only while the key is absent
             _store.compare_set(FAILURE_KEY, "", json.dumps(entry))
         except Exception:
             pass
+    return recorded
 
 
 def watch_group(poll_seconds: float = 1.0, lost_after: int = 5) -> bool:
@@ -132,7 +145,8 @@ def watch_group(poll_seconds: float = 1.0, lost_after: int = 5) -> bool:
                         directory = os.environ.get(ERROR_DIR_VARIABLE)
                         if directory:  # this node's launcher names the cause even without shared storage
                             _write_record(directory, entry, replace=False)
-                        stop(f"[rank {me}] stopping: rank {entry.get('rank')} failed: {entry.get('message')}")
+                        cause = "" if _cause_by_launcher() else f": {entry.get('message')}"
+                        stop(f"[rank {me}] stopping: rank {entry.get('rank')} failed{cause}")
                 misses = 0
             except Exception:
                 misses += 1
@@ -145,17 +159,23 @@ def watch_group(poll_seconds: float = 1.0, lost_after: int = 5) -> bool:
 
 
 def fail(message: str, code: int = 2) -> int:
-    """Print ``message`` to stderr as the process's last word, record it (:func:`record`); ``code``."""
-    print(message, file=sys.stderr, flush=True)
-    record(message)
+    """Print ``message`` to stderr as the process's last word, record it (:func:`record`); ``code``.
+    Quiet: only recorded, unless that fails."""
+    by_launcher = _cause_by_launcher()
+    if not by_launcher:
+        print(message, file=sys.stderr, flush=True)
+    if not record(message) and by_launcher:
+        print(message, file=sys.stderr, flush=True)
     return code
 
 
 class _StderrTail:
-    """sys.stderr, remembering its last ``error:`` line (argparse prints its message, then exits 2)."""
+    """sys.stderr, remembering its last ``error:`` line (argparse prints its message, then exits 2).
+    Quiet: argparse's usage and the error line it writes next are withheld (:meth:`release`)."""
 
     def __init__(self, stream):
         self.stream, self.last_error, self._partial = stream, None, ""
+        self.withheld = "" if _cause_by_launcher() else None  # None: nothing is withheld
 
     def write(self, text):
         *lines, partial = (self._partial + text).replace("\r", "\n").split("\n")
@@ -163,7 +183,17 @@ class _StderrTail:
         for line in lines:
             if "error:" in line:
                 self.last_error = line.strip()
+        if self.withheld is not None and (text.startswith("usage:") or (self.withheld and "error:" in text)):
+            self.withheld += text
+            return len(text)
+        self.release()
         return self.stream.write(text)
+
+    def release(self) -> None:
+        """Write what was withheld after all (it was no argparse error, or its cause was not recorded)."""
+        if self.withheld:
+            self.stream.write(self.withheld)
+            self.withheld = ""
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
@@ -218,10 +248,12 @@ def run_entry_point(main: Callable[[], int | None], *, prog: str,
         if code != 0 and not (message is None and code in outcomes):
             if message is not None:
                 fail(message, code)
-            elif not _recorded:  # the message is already on stderr (argparse, a main that returned 2)
-                record(tail.last_error or f"{prog}: error: exit code {code}")
+            elif not _recorded:  # the message is on stderr already (argparse, a main that returned 2) or withheld
+                if record(tail.last_error or f"{prog}: error: exit code {code}"):
+                    tail.withheld = None  # argparse's usage and error: the launcher prints the cause
         return code
     finally:
+        tail.release()
         sys.stderr = tail.stream
         if _recorded:
             _exit_promptly(code)
@@ -259,13 +291,15 @@ def first_cause(directory: str | Path) -> tuple[dict, list[int]] | None:
 
 
 def _print_first_cause(argv: list[str]) -> int:
-    """``failures.py DIR [WHAT [CODE]]``: print the earliest cause in DIR as the last lines; 0 if one was found."""
+    """``failures.py DIR [WHAT [CODE [LOG]]]``: print the earliest cause in DIR as the last lines; 0 if one
+    was found. LOG: where torchrun's report is when it is not on the terminal (quiet)."""
     directory = argv[0]
     what = argv[1] if len(argv) > 1 else "the run"
     code = argv[2] if len(argv) > 2 else "non-zero"
+    report = f"torchrun's report in {argv[3]}" if len(argv) > 3 else "the report above"
     found = first_cause(directory) if Path(directory).is_dir() else None
     if found is None:
-        print(f"error: {what} failed (exit code {code}) without recording a cause; see the report above "
+        print(f"error: {what} failed (exit code {code}) without recording a cause; see {report} "
               "(a process killed by a signal, e.g. out of memory, records none)")
         return 1
     first, ranks = found
@@ -278,5 +312,5 @@ def _print_first_cause(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
-        sys.exit("usage: python code/todi/util/failures.py ERROR_DIR [WHAT [EXIT_CODE]]")
+        sys.exit("usage: python code/todi/util/failures.py ERROR_DIR [WHAT [EXIT_CODE [LOG]]]")
     sys.exit(_print_first_cause(sys.argv[1:]))

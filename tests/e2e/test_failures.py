@@ -218,7 +218,8 @@ def test_evaluate_with_a_missing_set_file(tiny_gpt2, tmp_path):
                            "--data-dir", str(missing), "--save-dir", str(tmp_path / "out")], evaluate_env())
     assert result.returncode == 2 and elapsed < LIMIT
     assert last_line(result.stdout) == (f"error: {missing / 'valid.jsonl'}: no such file (set 'no-such-set'; "
-                                        "prepare it with code/prepare_data.py)")
+                                        "not one of the papers' sets dolly, self-inst, vicuna, sinst/11_, uinst/11_: "
+                                        "a folder of your own needs valid.jsonl)")
 
 
 @pytest.mark.slow

@@ -45,6 +45,18 @@ def make_dolly(shared_dir: Path, out: Path, n_train: int = 16, n_dev: int = 4) -
     return out
 
 
+CUT_SHORT = '{"prompt": "a line cut short", "output": \n'  # malformed JSON
+
+
+def make_bad_dolly(shared_dir: Path, out: Path) -> Path:
+    """A 4-example Dolly copy whose train.jsonl line 3 is malformed JSON (``CUT_SHORT``)."""
+    make_dolly(shared_dir, out, n_train=4, n_dev=2)
+    lines = (out / "train.jsonl").read_text().splitlines(keepends=True)
+    lines[2] = CUT_SHORT
+    (out / "train.jsonl").write_text("".join(lines))
+    return out
+
+
 def cli(student, data_dir, save_dir, *, teacher=None, objective=None, config="ds_config_zero1_fp32.json", **flags):
     """The command line of a short run; ``flags`` override (None drops a flag, True is a switch)."""
     opts = {

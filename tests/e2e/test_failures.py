@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from _training import REPO, make_dolly, make_gpt2_pair, subprocess_env
+from _training import REPO, make_bad_dolly, make_dolly, make_gpt2_pair, subprocess_env
 
 FAILURES = REPO / "code/todi/util/failures.py"
 LIMIT = 150  # seconds: a run that hangs in a collective would take the process-group timeout (an hour)
@@ -108,10 +108,7 @@ def tiny(shared_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("failures")
     student, teacher = make_gpt2_pair(shared_dir, root / "models")
     data = make_dolly(shared_dir, root / "dolly", n_train=4, n_dev=2)
-    bad = make_dolly(shared_dir, root / "bad", n_train=4, n_dev=2)
-    lines = (bad / "train.jsonl").read_text().splitlines(keepends=True)
-    lines[2] = '{"prompt": "a line cut short", "output": \n'
-    (bad / "train.jsonl").write_text("".join(lines))
+    bad = make_bad_dolly(shared_dir, root / "bad")
     return root, student, teacher, data, bad
 
 

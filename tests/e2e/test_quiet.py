@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from _training import REPO, make_dolly, make_gpt2_pair, subprocess_env
+from _training import REPO, make_bad_dolly, make_dolly, make_gpt2_pair, subprocess_env
 
 TEE = REPO / "code/todi/util/log.py"
 LIMIT = 300  # seconds for one script run
@@ -90,10 +90,7 @@ def tiny(shared_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("quiet")
     student, teacher = make_gpt2_pair(shared_dir, root / "models")
     data = make_dolly(shared_dir, root / "dolly", n_train=16, n_dev=2)
-    bad = make_dolly(shared_dir, root / "bad", n_train=4, n_dev=2)
-    lines = (bad / "train.jsonl").read_text().splitlines(keepends=True)
-    lines[2] = '{"prompt": "a line cut short", "output": \n'
-    (bad / "train.jsonl").write_text("".join(lines))
+    bad = make_bad_dolly(shared_dir, root / "bad")
     return student, teacher, data, bad
 
 

@@ -95,9 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("top_k", "batch_size", "part_size", "max_length"):
         if getattr(args, name) < 1:
             raise SystemExit(f"cache_teacher.py: error: --{name.replace('_', '-')} must be >= 1")
+    joined = torch.distributed.is_initialized()  # a caller's group (in-process use) is the caller's to end
     try:
         _run(args)
     except (CacheError, DataError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"cache_teacher.py: error: {e}") from None
-    if torch.distributed.is_initialized():
+    if not joined and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

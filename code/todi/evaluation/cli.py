@@ -140,6 +140,7 @@ def evaluate(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     """``code/evaluate.py``: 0, or 2 after one ``error:`` line on bad input (recorded for the launchers)."""
     args = parse_args(argv)
+    joined = torch.distributed.is_initialized()  # a caller's group (in-process use) is the caller's to end
     try:
         if args.check_model:
             check_model(args)
@@ -151,6 +152,6 @@ def main(argv=None) -> int:
         code = 0
     # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.util.failures)
     dist = torch.distributed
-    if dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
+    if not joined and dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
         dist.destroy_process_group()
     return code

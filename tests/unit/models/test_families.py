@@ -166,8 +166,13 @@ def test_gemma_image_token_is_excluded_with_a_log_line(gemma_pair, caplog):
     assert (output_rows(student), output_rows(teacher)) == (262144, 262208)
     tok = load_tokenizer(s_dir)
     assert len(tok) == 262145 and tok.convert_ids_to_tokens(262144) == "<image_soft_token>"
-    with caplog.at_level(logging.INFO, logger="todi"):
-        vocab = shared_vocab_size(student, teacher, tok, load_tokenizer(t_dir))
+    todi_logger = logging.getLogger("todi")  # setup_logging (run in-process earlier) stops propagation
+    todi_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="todi"):
+            vocab = shared_vocab_size(student, teacher, tok, load_tokenizer(t_dir))
+    finally:
+        todi_logger.removeHandler(caplog.handler)
     assert vocab == 262144
     lines = [r.getMessage() for r in caplog.records if "<image_soft_token>" in r.getMessage()]
     assert len(lines) == 1, caplog.text

@@ -125,3 +125,33 @@ def test_distillation_run_directly_exits_with_the_paused_code(tiny, tmp_path):
                             text=True, timeout=300)
     assert result.returncode == PAUSED_EXIT_CODE, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run" / PAUSED_MARKER).is_file() and "error:" not in result.stderr
+
+
+def distillation(argv, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "code/distillation.py"), *map(str, argv)],
+                          env=subprocess_env(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+
+
+def test_a_missing_teacher_is_named_as_the_teacher_before_the_run_folder_is_made(tiny, tmp_path):
+    student, data = tiny
+    missing = tmp_path / "no-such-teacher"
+    result = distillation(cli(student, data, tmp_path / "run", teacher=missing, objective="ToDi"), tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"distillation.py: error: --teacher-model-path {missing}: no such directory (the teacher's model directory)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_adakd_metrics_carry_one_prefix(shared_dir, tmp_path):
+    """metrics.jsonl of an AdaKD run holds adakd_ratio, adakd_tau_min, ... (the names README and
+    report.py --curves use), never adakd_adakd_*."""
+    student, teacher = make_gpt2_pair(shared_dir, tmp_path / "models")
+    data = make_dolly(shared_dir, tmp_path / "dolly", n_train=4, n_dev=2)
+    argv = cli(student, data, tmp_path / "run", teacher=teacher, objective="forward_kl", adakd=True, max_length=56)
+    result = distillation(argv, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fields = {name for record in read_metrics(tmp_path / "run") for name in record}
+    assert {"adakd_ratio", "adakd_tau_min", "adakd_tau_max"} <= fields
+    assert not any(name.startswith("adakd_adakd") for name in fields)

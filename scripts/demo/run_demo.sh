@@ -42,7 +42,10 @@ best_checkpoint() {  # the checkpoint a run kept (SAVE_BEST_N_CKPTS=1)
     find "$1" -maxdepth 1 -type d -name 'epoch*' | sort | tail -n 1
 }
 
-demo() { PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.tools.demo "$@"; }
+# quiet unless VERBOSE=1 (as the training and eval scripts): no library bars or accelerator notices
+quiet_env=()
+if [ "${VERBOSE:-0}" != 1 ]; then quiet_env=(HF_HUB_DISABLE_PROGRESS_BARS=1 DS_ACCELERATOR=cpu); fi
+demo() { env "${quiet_env[@]}" PYTHONPATH="${BASE_PATH}/code${PYTHONPATH:+:${PYTHONPATH}}" "${PYTHON}" -m todi.tools.demo "$@"; }
 evaluated() {  # whether every seed of the demo set has a result for the checkpoint $1
     local seed
     for seed in ${SEEDS}; do [ -f "$1/eval/demo/seed${seed}/metrics.json" ] || return 1; done

@@ -31,7 +31,7 @@ export TOKENIZERS_PARALLELISM=false
 export PYTHONIOENCODING=utf-8
 # quiet unless VERBOSE=1 (as training): no per-process library bars or accelerator notices
 if [ "${VERBOSE:-0}" != 1 ]; then
-    export HF_HUB_DISABLE_PROGRESS_BARS=${HF_HUB_DISABLE_PROGRESS_BARS:-1}
+    export HF_HUB_DISABLE_PROGRESS_BARS=${HF_HUB_DISABLE_PROGRESS_BARS:-1} TODI_QUIET=${TODI_QUIET:-1}
     if [ -z "${GPUS}" ]; then export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}; fi
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}

@@ -167,14 +167,14 @@ def build_cache(teacher, examples: list, collate, root: str | Path, settings: Ca
     tokenizer's entries; None: all). Rank r takes every world_size-th missing example.
     Returns this rank's counts: examples, tokens, bytes written.
     """
-    from tqdm import tqdm
+    from todi.util.log import progress_bar
 
     root = Path(root)
     done = covered_examples(root)
     mine = [e for e in examples if e.index not in done][rank::world_size]
     dtype = DTYPES[settings.dtype]
     counts = {"examples": 0, "tokens": 0, "bytes": 0}
-    bar = tqdm(total=len(mine), desc=f"teacher cache (rank {rank})", unit="ex", disable=not progress)
+    bar = progress_bar(total=len(mine), desc=f"teacher cache (rank {rank})", unit="ex", disable=not progress)
     for start in range(0, len(mine), part_size):
         part = mine[start : start + part_size]
         ids, log_probs = [], []

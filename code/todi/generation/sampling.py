@@ -244,9 +244,9 @@ def sample_answers(
     results: dict[int, tuple[str, int]] = {}
     iterator = batches
     if progress:
-        from tqdm import tqdm
+        from todi.util.log import progress_bar
 
-        iterator = tqdm(batches, desc="generating", unit="batch", disable=rank != 0)
+        iterator = progress_bar(iterable=batches, desc="generating", unit="batch", disable=rank != 0)
     for batch in iterator:
         dummy = not batch
         batch = batch or [order[0]]

@@ -10,11 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from todi.util import ds_config
 from todi.data.instructions import Collator, DataError, load_split
-from todi.util.distributed import barrier, init_distributed
+from todi.util.distributed import DistEnv, barrier, process_group
 from todi.util.log import logger, setup_logging
 from todi.models import build_teacher, load_tokenizer
 from todi.cache.store import (
@@ -53,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run(args: argparse.Namespace) -> None:
-    env = init_distributed()
+def _run(args: argparse.Namespace, env: DistEnv) -> None:
     setup_logging(env.rank)
     tokenizer = load_tokenizer(args.teacher_model_path)
     data_path = Path(args.data_dir) / f"{args.split}.jsonl"
@@ -95,10 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("top_k", "batch_size", "part_size", "max_length"):
         if getattr(args, name) < 1:
             raise SystemExit(f"cache_teacher.py: error: --{name.replace('_', '-')} must be >= 1")
-    joined = torch.distributed.is_initialized()  # a caller's group (in-process use) is the caller's to end
     try:
-        _run(args)
+        with process_group() as env:
+            _run(args, env)
     except (CacheError, DataError, FileNotFoundError, ValueError) as e:
         raise SystemExit(f"cache_teacher.py: error: {e}") from None
-    if not joined and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

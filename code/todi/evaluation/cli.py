@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from todi.data.instructions import DataError
-from todi.util.distributed import init_distributed
+from todi.util.distributed import DistEnv, process_group
 from todi.util.failures import fail
 from todi.util.ds_config import PRECISIONS
 from todi.evaluation.results import PAPER_SETS
@@ -116,7 +114,13 @@ def evaluate(args: argparse.Namespace) -> None:
                     f"not one of the papers' sets {', '.join(PAPER_SETS)}: a folder of your own needs valid.jsonl")
             raise FileNotFoundError(f"{s.path}: no such file (set {s.name!r}; {hint})")
     # a group of one without torchrun; NCCL on GPUs (one per local rank), gloo on CPU
-    env = init_distributed()
+    with process_group() as env:
+        _evaluate_loaded(args, model_path, sets, config, env)
+
+
+def _evaluate_loaded(args: argparse.Namespace, model_path: Path, sets: list[EvalSet], config: SamplingConfig,
+                     env: DistEnv) -> None:
+    """Load the model on this rank's device and run every set with every seed."""
     rank, world_size, device = env.rank, env.world_size, env.device
     dtype = PRECISIONS[args.dtype]
     # the adapter directory's tokenizer if it saved one (it may add tokens), else the model's
@@ -140,7 +144,6 @@ def evaluate(args: argparse.Namespace) -> None:
 def main(argv=None) -> int:
     """``code/evaluate.py``: 0, or 2 after one ``error:`` line on bad input (recorded for the launchers)."""
     args = parse_args(argv)
-    joined = torch.distributed.is_initialized()  # a caller's group (in-process use) is the caller's to end
     try:
         if args.check_model:
             check_model(args)
@@ -150,8 +153,4 @@ def main(argv=None) -> int:
         code = fail(f"error: {e}")
     else:
         code = 0
-    # a failed rank of a larger group leaves without a teardown that could wait for the others (todi.util.failures)
-    dist = torch.distributed
-    if not joined and dist.is_initialized() and (code == 0 or dist.get_world_size() == 1):
-        dist.destroy_process_group()
     return code

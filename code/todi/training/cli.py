@@ -8,7 +8,7 @@ from todi.data.instructions import DataError
 from todi.training.args import parse_args
 from todi.training.resume import PAUSED_EXIT_CODE
 from todi.training.trainer import Trainer
-from todi.util.distributed import init_distributed
+from todi.util.distributed import process_group
 from todi.util.log import logger, setup_logging
 
 __all__ = ["exit_code", "main", "train"]
@@ -20,14 +20,14 @@ def train(argv: list[str] | None = None) -> bool:
     """Parse the flags, build the trainer and train; True when paused by ``--stop-after-iters``.
     A bad input or setting ends as ``SystemExit("distillation.py: error: ...")``."""
     args = parse_args(argv)
-    env = init_distributed()
-    setup_logging(env.rank)
-    logger.info(f"{env.world_size} process(es) on {env.device.type}; run directory {args.save_dir}")
-    try:
-        trainer = Trainer(args, env)
-    except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
-        raise SystemExit(f"distillation.py: error: {e}") from None
-    return trainer.train()
+    with process_group() as env:
+        setup_logging(env.rank)
+        logger.info(f"{env.world_size} process(es) on {env.device.type}; run directory {args.save_dir}")
+        try:
+            trainer = Trainer(args, env)
+        except (DataError, FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
+            raise SystemExit(f"distillation.py: error: {e}") from None
+        return trainer.train()
 
 
 def exit_code(paused: bool) -> int:

@@ -8,6 +8,7 @@ import os
 import socket
 import warnings
 from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from todi.util.log import quiet
 
-__all__ = ["DistEnv", "all_reduce_sum", "barrier", "init_distributed"]
+__all__ = ["DistEnv", "all_reduce_sum", "barrier", "init_distributed", "process_group"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,24 @@ def init_distributed(timeout_minutes: int = 60) -> DistEnv:
     world_size = dist.get_world_size()
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     return DistEnv(dist.get_rank(), world_size, local_rank, local_world_size, device)
+
+
+@contextlib.contextmanager
+def process_group(timeout_minutes: int = 60) -> Iterator[DistEnv]:
+    """:func:`init_distributed` for a command: the group it creates is destroyed when the block ends
+    normally. A process that leaves gloo's worker threads alive at interpreter exit can abort
+    ("terminate called without an active exception", exit code 1, after a finished run). A group
+    the caller created (in-process use) stays the caller's; a failed rank of a larger group leaves
+    without a teardown that could wait for the others (todi.util.failures)."""
+    created = not dist.is_initialized()
+    env = init_distributed(timeout_minutes)
+    finished = False
+    try:
+        yield env
+        finished = True
+    finally:
+        if created and dist.is_initialized() and (finished or env.world_size == 1):
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -9,11 +9,16 @@ if [ -n "${TEACHER_PEFT_PATH:-}" ]; then
 fi
 OPTS+=" --data-dir ${DATA_DIR}"
 OPTS+=" --out ${CACHE_DIR}"
-OPTS+=" --top-k ${TOP_K}"
-OPTS+=" --kd-temperature ${KD_TEMP}"
+OPTS+=" --mode ${CACHE_MODE}"
+if [ "${CACHE_MODE}" = topk ]; then   # a hidden-state cache serves every temperature
+    OPTS+=" --top-k ${TOP_K}"
+    OPTS+=" --kd-temperature ${KD_TEMP}"
+fi
 OPTS+=" --max-length ${MAX_LENGTH}"
 OPTS+=" --max-prompt-length ${MAX_PROMPT_LENGTH}"
-OPTS+=" --dtype ${CACHE_DTYPE}"
+if [ -n "${CACHE_DTYPE}" ]; then
+    OPTS+=" --dtype ${CACHE_DTYPE}"
+fi
 OPTS+=" --batch-size ${BATCH_SIZE}"
 OPTS+=" ${EXTRA_OPTS:-}"
 export CUDA_VISIBLE_DEVICES=${GPUS}

@@ -1,4 +1,5 @@
-"""Epoch time of SFT, live KD and KD from a teacher cache, as ratios measured in one run.
+"""Epoch time of SFT, live KD and KD from a teacher cache (top-k and hidden-state), as ratios
+measured in one run.
 
 A tiny pair with the real GPT-2 vocabulary whose teacher/student FLOP ratio is GPT-2 XL/base's
 (~12×: the teacher's forward is most of a KD step), real Dolly lines, one process. Each run goes
@@ -43,9 +44,13 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def step_times(run_dir: Path) -> list[float]:
+def _records(run_dir: Path) -> list[dict]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["step_time"] for r in records if r.get("split") == "train" and "step_time" in r][1:]  # no warm-up
+    return [r for r in records if r.get("split") == "train" and "step_time" in r]
+
+
+def step_times(run_dir: Path) -> list[float]:
+    return [r["step_time"] for r in _records(run_dir)][1:]  # no warm-up
 
 
 def main(argv=None) -> int:
@@ -84,19 +89,27 @@ def main(argv=None) -> int:
     walls["sft"] = run(py + [str(REPO / "code/distillation.py"), *common, "--save-dir", str(work / "sft")], work / "sft.log")
     walls["live_kd"] = run(py + [str(REPO / "code/distillation.py"), *common, *kd, "--teacher-model-path", str(teacher),
                                  "--save-dir", str(work / "live")], work / "live.log")
-    walls["cache_build"] = run(py + [str(REPO / "code/cache_teacher.py"), "--teacher-model-path", str(teacher),
-                                     "--data-dir", str(data), "--out", str(cache), "--top-k", str(args.top_k),
-                                     "--kd-temperature", "2.0", "--max-length", str(args.max_length),
-                                     "--max-prompt-length", str(args.max_length // 2), "--overwrite",
-                                     "--batch-size", str(args.batch_size)], work / "cache.log")
+    build = [str(REPO / "code/cache_teacher.py"), "--teacher-model-path", str(teacher), "--data-dir", str(data),
+             "--max-length", str(args.max_length), "--max-prompt-length", str(args.max_length // 2), "--overwrite",
+             "--batch-size", str(args.batch_size)]
+    walls["cache_build"] = run(py + build + ["--out", str(cache), "--top-k", str(args.top_k), "--kd-temperature", "2.0"],
+                               work / "cache.log")
+    walls["hidden_build"] = run(py + build + ["--out", str(work / "hidden"), "--mode", "hidden"], work / "hidden.log")
     walls["cached_kd"] = run(py + [str(REPO / "code/distillation.py"), *common, *kd, "--teacher-cache", str(cache),
                                    "--save-dir", str(work / "cached")], work / "cached.log")
-    steps = {name: step_times(work / d) for name, d in (("sft", "sft"), ("live_kd", "live"), ("cached_kd", "cached"))}
+    walls["hidden_kd"] = run(py + [str(REPO / "code/distillation.py"), *common, *kd, "--teacher-cache",
+                                   str(work / "hidden"), "--save-dir", str(work / "hidden_run")], work / "hidden_run.log")
+    runs = (("sft", "sft"), ("live_kd", "live"), ("cached_kd", "cached"), ("hidden_kd", "hidden_run"))
+    steps = {name: step_times(work / d) for name, d in runs}
     median = {k: statistics.median(v) for k, v in steps.items()}
     epoch = {k: sum(v) for k, v in steps.items()}
+    losses = {name: [r["loss"] for r in _records(work / d)] for name, d in (("live_kd", "live"), ("hidden_kd", "hidden_run"))}
+    gap = max(abs(a - b) / abs(a) for a, b in zip(losses["live_kd"], losses["hidden_kd"]))
     result = {"flop_ratio": round(ratio, 1), "steps": len(steps["sft"]), "median_step_s": median, "epoch_s": epoch,
               "wall_s": walls, "cached_over_sft": epoch["cached_kd"] / epoch["sft"],
+              "hidden_over_sft": epoch["hidden_kd"] / epoch["sft"], "live_over_sft": epoch["live_kd"] / epoch["sft"],
               "live_over_cached": epoch["live_kd"] / epoch["cached_kd"],
+              "hidden_vs_live_max_rel_loss_difference": gap,
               "cache_build_over_live_teacher_part": walls["cache_build"] / max(epoch["live_kd"] - epoch["sft"], 1e-9)}
     print(json.dumps(result, indent=1))
     if args.out is not None:

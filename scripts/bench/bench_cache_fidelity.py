@@ -28,7 +28,8 @@ from todi.kernels import SparseTargets  # noqa: E402
 from todi.models import load_model, load_tokenizer  # noqa: E402
 from todi.objectives import all_objectives  # noqa: E402
 from todi.util.plugins import load_plugins  # noqa: E402
-from todi.cache.store import DTYPES, teacher_targets  # noqa: E402
+from todi.cache.build import teacher_targets  # noqa: E402
+from todi.cache.store import DTYPES  # noqa: E402
 
 
 @torch.no_grad()

@@ -28,8 +28,10 @@ STUDENT_EPOCHS=${STUDENT_EPOCHS:-5}
 BATCH_SIZE=${BATCH_SIZE:-16}
 LR=${LR:-0.002}
 PRECISION=${PRECISION:-fp32}
+LOG_INTERVAL=${LOG_INTERVAL:-50}   # optimizer steps between two training records (about one per epoch here)
 STUDENT_SFT=${STUDENT_SFT:-1}   # 1: also train the student without a teacher, for comparison
 CACHE_K=${CACHE_K:-}            # e.g. 64: also distil from a top-k teacher cache (scripts/gpt2/cache_teacher_gpt2_xlarge.sh)
+CACHE_HIDDEN=${CACHE_HIDDEN:-0} # 1: also distil from a hidden-state teacher cache (exact: the live teacher's losses)
 # evaluation
 RUN_EVAL=${RUN_EVAL:-1}         # 0: train only
 SEEDS=${SEEDS:-10}
@@ -52,8 +54,8 @@ evaluated() {  # whether every seed of the demo set has a result for the checkpo
 }
 
 # every setting, before anything is built or trained (KD_OBJ through the objective registry)
-(export NUM_TRAIN NUM_DEV NUM_VALID TEACHER_EPOCHS STUDENT_EPOCHS BATCH_SIZE EVAL_BATCH_SIZE NPROC LR PRECISION \
-        STUDENT_SFT RUN_EVAL SEEDS CACHE_K KD_OBJ PLUGINS FORCE && demo --check)
+(export NUM_TRAIN NUM_DEV NUM_VALID TEACHER_EPOCHS STUDENT_EPOCHS BATCH_SIZE EVAL_BATCH_SIZE NPROC LOG_INTERVAL LR PRECISION \
+        STUDENT_SFT RUN_EVAL SEEDS CACHE_K CACHE_HIDDEN KD_OBJ PLUGINS FORCE && demo --check)
 # the data and models: built once (reused, with every earlier run, while their settings stay the same)
 say "the demo data, tokenizer and models in ${DEMO_DIR}"
 demo "${DEMO_DIR}" --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid "${NUM_VALID}" ${FORCE:+--force}
@@ -61,7 +63,7 @@ demo "${DEMO_DIR}" --num-train "${NUM_TRAIN}" --num-dev "${NUM_DEV}" --num-valid
 # what every training run shares (the paper's scripts read these from the environment)
 TRAIN_ENV=(BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" BATCH_SIZE="${BATCH_SIZE}" LR="${LR}"
            PRECISION="${PRECISION}" DATA_DIR="${DEMO_DIR}/data/demo" GRAD_ACC=1 EVAL_BATCH_SIZE="${EVAL_BATCH_SIZE}"
-           DEV_NUM="${NUM_DEV}" EVAL_GEN_REPEAT=1 LOG_INTERVAL=25 SAVE_BEST_N_CKPTS=1)
+           DEV_NUM="${NUM_DEV}" EVAL_GEN_REPEAT=1 LOG_INTERVAL="${LOG_INTERVAL}" SAVE_BEST_N_CKPTS=1)
 
 say "1/3: SFT of the teacher (${TEACHER_EPOCHS} epochs)"
 env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/teacher" SAVE_PATH="${DEMO_DIR}/runs/teacher_sft" \
@@ -83,6 +85,17 @@ if [ -n "${CACHE_K}" ]; then
         KD_OBJ="${KD_OBJ}" PLUGINS="${PLUGINS}" SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_k${CACHE_K}" \
         EPOCH="${STUDENT_EPOCHS}" bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
     CHECKPOINTS+=("$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_k${CACHE_K}")")
+fi
+
+if [ "${CACHE_HIDDEN}" = 1 ]; then
+    say "extra: a hidden-state cache of the teacher, and KD of the student from it (no teacher loaded)"
+    env BASE_PATH="${BASE_PATH}" GPUS="${GPUS}" NPROC="${NPROC}" DATA_DIR="${DEMO_DIR}/data/demo" CACHE_MODE=hidden \
+        CACHE_DTYPE="${PRECISION}" TEACHER_MODEL_PATH="${TEACHER}" CACHE_DIR="${DEMO_DIR}/cache_hidden" MAX_LENGTH=512 \
+        MAX_PROMPT_LENGTH=256 bash "${BASE_PATH}/scripts/gpt2/cache_teacher_gpt2_xlarge.sh"
+    env "${TRAIN_ENV[@]}" CKPT_PATH="${DEMO_DIR}/models/student" TEACHER_CACHE="${DEMO_DIR}/cache_hidden" \
+        KD_OBJ="${KD_OBJ}" PLUGINS="${PLUGINS}" SAVE_PATH="${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_hidden" \
+        EPOCH="${STUDENT_EPOCHS}" bash "${BASE_PATH}/scripts/gpt2/vanilla_kd_gpt2_base.sh"
+    CHECKPOINTS+=("$(best_checkpoint "${DEMO_DIR}/runs/student_kd_${KD_OBJ}_cache_hidden")")
 fi
 
 if [ "${STUDENT_SFT}" = 1 ]; then

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The teacher cache of the TinyLLaMA pair: one pass of Llama-2 7B with its LoRA adapter over Dolly's
-# training split, storing per response token its top-TOP_K token ids and log-probabilities at KD_TEMP
-# (the rest of the distribution as one bucket). Then distil without the teacher, for every objective:
-#   TEACHER_PEFT_PATH=outputs/llama2/.../epoch... bash scripts/tinyllama/cache_teacher_llama2.sh
-#   TEACHER_CACHE=outputs/cache/llama2-7b-hf-dolly-k64-T2.0 KD_OBJ=ToDi bash scripts/tinyllama/vanilla_kd_tinyllama.sh
+# training split (CACHE_MODE=hidden: exact, 8 KB per token in bf16; topk: the top-TOP_K targets at
+# KD_TEMP). Then distil without the teacher, for every objective:
+#   CACHE_MODE=hidden TEACHER_PEFT_PATH=outputs/llama2/.../epoch... bash scripts/tinyllama/cache_teacher_llama2.sh
+#   TEACHER_CACHE=outputs/cache/llama2-7b-hf-dolly-hidden-len512-256 KD_OBJ=ToDi bash scripts/tinyllama/vanilla_kd_tinyllama.sh
 # The settings and the launch are those of scripts/gpt2/cache_teacher_gpt2_xlarge.sh; this script only
 # names the teacher and its adapter (and a smaller batch for the 7B), then runs it.
 set -eo pipefail

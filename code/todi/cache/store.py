@@ -1,24 +1,32 @@
-"""Teacher-output cache: the teacher's sparse targets for every response token of a training split,
-computed once (:func:`build_cache`) and read back by every epoch, objective and seed of a sweep.
+"""Teacher-output cache: what the loss needs of the teacher for every response token of a training
+split, computed once (:func:`todi.cache.build.build_cache`) and read back by every epoch, objective
+and seed of a sweep. Two modes:
 
-Per response token the cache holds the teacher's top-k token ids and the log-probabilities of the
-coarsened distribution "those k entries + one bucket for the rest" at the training temperature
-(:class:`todi.kernels.SparseTargets`), which is all any registered objective needs of it.
+* ``hidden`` (exact): the teacher's final hidden state per response token (the input of its output
+  layer) and, once, that layer (``head.safetensors``); the loss recomputes the teacher's logits a
+  chunk of rows at a time (:class:`todi.kernels.TeacherHead`), so every objective, temperature and
+  AdaKD setting gets the live teacher's values. ``H × 2`` bytes per token in bf16.
+* ``topk`` (small): the teacher's top-k token ids and the log-probabilities of the coarsened
+  distribution "those k entries + one bucket for the rest" at the training temperature
+  (:class:`todi.kernels.SparseTargets`); exact for k = V, a lower bound of the f-divergences
+  otherwise (see docs/teacher-cache.md for when that is safe).
 
 Layout of a cache directory::
 
-    meta.json                 format, settings (k, temperature, dtype, lengths) and the fingerprint
+    meta.json                 format, settings (mode, k, temperature, dtype, lengths) and the fingerprint
+    head.safetensors          hidden mode: the teacher's output layer (weight, bias)
     parts/part-<first>-<n>/   one directory per written part, renamed into place when complete:
-        ids.npy               int32 [tokens, k]         (memory-mapped when read)
-        log_probs.npy         float16/32 [tokens, k+1]
+        hidden.npy            hidden mode: [tokens, H] (bf16 stored as its 16-bit pattern)
+        ids.npy               topk mode: int32 [tokens, k]           (memory-mapped when read)
+        log_probs.npy         topk mode: float16/32 [tokens, k+1]
         index.json            [[record index, offset, tokens], ...] per example
     complete.json             written when every example of the split is covered (totals)
 
 Every part is written atomically, so an interrupted build loses at most the part in progress and
 a rerun computes only the examples no part covers (with any number of ranks). The fingerprint
 covers everything the outputs depend on: the teacher's weights and adapter (file contents), the
-tokenizer's vocabulary, the data file's bytes, the lengths, the temperature, k and the dtype; a
-training run checks the parts it can check and names what differs.
+tokenizer's vocabulary, the data file's bytes, the lengths and the settings; a training run checks
+the parts it can check and names what differs.
 """
 
 from __future__ import annotations
@@ -33,15 +41,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from todi.cache.head import HEAD_FILE, OutputLayer, load_output_layer
+from todi.kernels import SparseTargets, TeacherHead
 from todi.util.atomic import atomic_dir, atomic_write_text
 from todi.util.labels import IGNORE_INDEX
 
-__all__ = ["CacheError", "CacheSettings", "TeacherCache", "build_cache", "covered_examples", "data_fingerprint",
-           "hash_files", "mark_complete", "teacher_targets", "tokenizer_fingerprint", "write_meta"]
+__all__ = ["CacheError", "CacheSettings", "DTYPES", "HIDDEN_DTYPES", "MODES", "TeacherCache", "covered_examples",
+           "data_fingerprint", "hash_files", "mark_complete", "tokenizer_fingerprint", "write_meta", "write_part"]
 
 FORMAT_VERSION = 1
+MODES = ("topk", "hidden")
+# storage dtypes: numpy has no bfloat16, so bf16 arrays hold the 16-bit patterns (viewed back on read)
 DTYPES = {"fp16": np.float16, "fp32": np.float32}
+HIDDEN_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing weights and data
+ARRAYS = {"topk": ("ids", "log_probs"), "hidden": ("hidden",)}
 
 
 class CacheError(ValueError):
@@ -50,19 +64,30 @@ class CacheError(ValueError):
 
 @dataclass(frozen=True)
 class CacheSettings:
-    k: int
-    temperature: float
+    """mode: "topk" or "hidden"; k, temperature: the top-k targets' (unused by the hidden mode, which
+    serves every temperature); dtype: of the stored values; softcap: the teacher's final logit
+    soft-capping (hidden mode), applied when its logits are recomputed."""
+
+    k: int = 0
+    temperature: float | None = None
     dtype: str = "fp16"
     max_length: int = 1024
     max_prompt_length: int = 512
+    mode: str = "topk"
+    softcap: float | None = None
 
     def check(self) -> None:
+        if self.mode not in MODES:
+            raise CacheError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        dtypes = HIDDEN_DTYPES if self.mode == "hidden" else DTYPES
+        if self.dtype not in dtypes:
+            raise CacheError(f"dtype of a {self.mode} cache must be one of {', '.join(dtypes)}, got {self.dtype!r}")
+        if self.mode == "hidden":
+            return
         if self.k < 1:
             raise CacheError(f"k must be >= 1, got {self.k}")
         if not self.temperature > 0:
             raise CacheError(f"temperature must be > 0, got {self.temperature}")
-        if self.dtype not in DTYPES:
-            raise CacheError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
 
 # ---- fingerprints ------------------------------------------------------------------------------
@@ -93,20 +118,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps([vocab, special]).encode()).hexdigest()
 
 
-# ---- the teacher's targets ---------------------------------------------------------------------
-
-@torch.no_grad()
-def teacher_targets(logits: Tensor, k: int, temperature: float) -> tuple[Tensor, Tensor]:
-    """Top-k ids ``[N, k]`` (int64) and coarsened log-probabilities ``[N, k + 1]`` (float32) of
-    teacher logits ``[N, V]`` at ``temperature`` (the last column: the log-mass of the other entries),
-    the same coarsening the loss applies to the student (:func:`todi.objectives.math.coarse_log_probs`)."""
-    from todi.objectives import scaled_logits
-    from todi.objectives.math import coarse_log_probs
-
-    ids = scaled_logits(logits, temperature).topk(min(k, logits.shape[-1]), dim=-1).indices
-    return ids, coarse_log_probs(logits, ids, temperature)
-
-
 # ---- building ----------------------------------------------------------------------------------
 
 def write_meta(root: Path, settings: CacheSettings, fingerprint: dict, overwrite: bool) -> None:
@@ -123,7 +134,8 @@ def write_meta(root: Path, settings: CacheSettings, fingerprint: dict, overwrite
         if not differ:
             return
         shutil.rmtree(root / "parts", ignore_errors=True)
-        (root / "complete.json").unlink(missing_ok=True)
+        for name in ("complete.json", HEAD_FILE):
+            (root / name).unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(meta, indent=1))
 
@@ -142,57 +154,20 @@ def covered_examples(root: Path) -> set[int]:
     return done
 
 
-def _write_part(root: Path, examples: list, ids: list[np.ndarray], log_probs: list[np.ndarray]) -> int:
-    """One part: its arrays and index, renamed into place in one step. Returns its bytes."""
+def write_part(root: Path, examples: list, arrays: dict[str, list[np.ndarray]]) -> int:
+    """One part: its arrays (name → one block per example, the same token counts for every name) and
+    its index, renamed into place in one step. Returns its bytes."""
     first = examples[0].index
+    blocks = next(iter(arrays.values()))
     index, offset = [], 0
-    for example, block in zip(examples, ids):
+    for example, block in zip(examples, blocks):
         index.append([example.index, offset, len(block)])
         offset += len(block)
     with atomic_dir(root / "parts" / f"part-{first:08d}-{len(examples):05d}") as tmp:
-        np.save(tmp / "ids.npy", np.concatenate(ids))
-        np.save(tmp / "log_probs.npy", np.concatenate(log_probs))
+        for name, parts in arrays.items():
+            np.save(tmp / f"{name}.npy", np.concatenate(parts))
         (tmp / "index.json").write_text(json.dumps({"examples": index}))
-    return sum(a.nbytes for a in ids) + sum(a.nbytes for a in log_probs)
-
-
-@torch.no_grad()
-def build_cache(teacher, examples: list, collate, root: str | Path, settings: CacheSettings, *, device,
-                vocab: int | None = None, batch_size: int = 8, part_size: int = 256, rank: int = 0,
-                world_size: int = 1, progress: bool = False) -> dict:
-    """Compute this rank's share of the examples no part covers yet and write them in parts.
-
-    ``examples``: the split's :class:`todi.data.instructions.TokenizedExample` list; ``collate``: its
-    :class:`todi.data.instructions.Collator` (without a cache); ``vocab``: the leading logits that count (the
-    tokenizer's entries; None: all). Rank r takes every world_size-th missing example.
-    Returns this rank's counts: examples, tokens, bytes written.
-    """
-    from todi.util.log import progress_bar
-
-    root = Path(root)
-    done = covered_examples(root)
-    mine = [e for e in examples if e.index not in done][rank::world_size]
-    dtype = DTYPES[settings.dtype]
-    counts = {"examples": 0, "tokens": 0, "bytes": 0}
-    bar = progress_bar(total=len(mine), desc=f"teacher cache (rank {rank})", unit="ex", disable=not progress)
-    for start in range(0, len(mine), part_size):
-        part = mine[start : start + part_size]
-        ids, log_probs = [], []
-        for b in range(0, len(part), batch_size):
-            chunk = part[b : b + batch_size]
-            batch = collate(chunk).to(device)
-            source = batch.input_ids if batch.teacher_input_ids is None else batch.teacher_input_ids
-            logits = teacher(input_ids=source, attention_mask=batch.attention_mask, use_cache=False).logits
-            for row, mask in zip(logits, batch.labels.ne(IGNORE_INDEX)):
-                top, lp = teacher_targets(row[mask][:, :vocab], settings.k, settings.temperature)
-                ids.append(top.to(torch.int32).cpu().numpy())
-                log_probs.append(lp.cpu().numpy().astype(dtype))
-            bar.update(len(chunk))
-        counts["bytes"] += _write_part(root, part, ids, log_probs)
-        counts["examples"] += len(part)
-        counts["tokens"] += sum(len(a) for a in ids)
-    bar.close()
-    return counts
+    return sum(a.nbytes for parts in arrays.values() for a in parts)
 
 
 def mark_complete(root: Path, examples: list) -> dict | None:
@@ -203,8 +178,7 @@ def mark_complete(root: Path, examples: list) -> dict | None:
         return None
     tokens = nbytes = 0
     for part in sorted((root / "parts").glob("part-*")):
-        for name in ("ids.npy", "log_probs.npy"):
-            nbytes += (part / name).stat().st_size
+        nbytes += sum(f.stat().st_size for f in part.glob("*.npy"))
         tokens += sum(int(n) for _, _, n in json.loads((part / "index.json").read_text())["examples"])
     totals = {"examples": len(examples), "tokens": tokens, "bytes": nbytes,
               "bytes_per_token": round(nbytes / max(tokens, 1), 1)}
@@ -214,8 +188,15 @@ def mark_complete(root: Path, examples: list) -> dict | None:
 
 # ---- reading -----------------------------------------------------------------------------------
 
+def as_tensor(array: np.ndarray, dtype: str) -> Tensor:
+    """A stored hidden-state block as a tensor of its dtype (bf16 is stored as its 16-bit pattern)."""
+    if dtype == "bf16":
+        return torch.from_numpy(np.ascontiguousarray(array)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
 class TeacherCache:
-    """A complete cache, memory-mapped: per example its targets, and per batch aligned tensors."""
+    """A complete cache, memory-mapped: per example its stored arrays, and per batch aligned tensors."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -228,35 +209,48 @@ class TeacherCache:
         self.settings = CacheSettings(**self.meta["settings"])
         if not (self.root / "complete.json").is_file():
             raise CacheError(f"{self.root} is incomplete (no complete.json): rerun code/cache_teacher.py to finish it")
+        self.names = ARRAYS[self.settings.mode]
         self._where: dict[int, tuple[int, int, int]] = {}
-        self._parts: list[tuple[np.ndarray, np.ndarray]] = []
+        self._parts: list[tuple[np.ndarray, ...]] = []
         for index_path in sorted((self.root / "parts").glob("part-*/index.json")):
             self._load_part(index_path)
+        self.width = self._parts[0][0].shape[1] if self._parts else 0  # k, or the hidden size
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
 
     def _load_part(self, index_path: Path) -> None:
         part = index_path.parent
         try:
             entries = json.loads(index_path.read_text())["examples"]
-            ids = np.load(part / "ids.npy", mmap_mode="r")
-            log_probs = np.load(part / "log_probs.npy", mmap_mode="r")
+            arrays = tuple(np.load(part / f"{name}.npy", mmap_mode="r") for name in self.names)
         except (OSError, ValueError, KeyError) as e:
             raise CacheError(f"{part}: unreadable part ({e}); delete it and rerun code/cache_teacher.py") from None
-        k = self.settings.k
         total = sum(int(n) for _, _, n in entries)
-        if ids.ndim != 2 or ids.shape[1] > k or log_probs.shape != (ids.shape[0], ids.shape[1] + 1) \
-                or ids.shape[0] != total:
-            raise CacheError(f"{part}: arrays {ids.shape} / {log_probs.shape} do not match its index ({total} tokens, "
-                             f"k = {k}); the part is truncated or corrupt: delete it and rerun code/cache_teacher.py")
+        first = arrays[0]
+        bad = first.ndim != 2 or first.shape[0] != total
+        if self.mode == "topk":
+            bad = bad or first.shape[1] > self.settings.k or arrays[1].shape != (first.shape[0], first.shape[1] + 1)
+        elif self._parts:
+            bad = bad or first.shape[1] != self._parts[0][0].shape[1]
+        if bad:
+            shapes = " / ".join(str(a.shape) for a in arrays)
+            raise CacheError(f"{part}: arrays {shapes} do not match its index ({total} tokens); the part is truncated "
+                             "or corrupt: delete it and rerun code/cache_teacher.py")
         slot = len(self._parts)
-        self._parts.append((ids, log_probs))
+        self._parts.append(arrays)
         for record, offset, n in entries:
             self._where[int(record)] = (slot, int(offset), int(n))
 
     def check(self, *, data_path, tokenizer, max_length: int, max_prompt_length: int, temperature: float,
               teacher_path=None, teacher_adapter=None) -> None:
-        """The cache was made for these settings; a CacheError names every difference."""
+        """The cache was made for these settings (a hidden-state cache serves every temperature); a
+        CacheError names every difference."""
         now = {"data": data_fingerprint(data_path), "tokenizer": tokenizer_fingerprint(tokenizer),
-               "max_length": max_length, "max_prompt_length": max_prompt_length, "temperature": float(temperature)}
+               "max_length": max_length, "max_prompt_length": max_prompt_length}
+        if self.mode == "topk":
+            now["temperature"] = float(temperature)
         if teacher_path is not None:
             now["teacher"] = hash_files(teacher_path)
             now["adapter"] = hash_files(teacher_adapter)
@@ -267,33 +261,56 @@ class TeacherCache:
             raise CacheError(f"teacher cache {self.root} does not match this run ({'; '.join(differ)}); rebuild it "
                              "with the run's settings (code/cache_teacher.py)")
 
-    def targets(self, record: int) -> tuple[np.ndarray, np.ndarray]:
-        """(ids [n, k], log-probs [n, k + 1]) of an example's n response tokens."""
+    def targets(self, record: int) -> tuple[np.ndarray, ...]:
+        """An example's stored arrays over its n response tokens: (ids [n, k], log-probs [n, k + 1]) or (hidden [n, H],)."""
         if record not in self._where:
             raise CacheError(f"teacher cache {self.root} holds no targets for record {record} of the data file")
         slot, offset, n = self._where[record]
-        ids, log_probs = self._parts[slot]
-        return ids[offset : offset + n], log_probs[offset : offset + n]
+        return tuple(a[offset : offset + n] for a in self._parts[slot])
 
-    def batch_targets(self, examples: list, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """Targets aligned with a batch's positions: ids ``[B, L, k]`` (int64) and log-probs
-        ``[B, L, k + 1]`` (float32); positions without a label get a harmless uniform filler."""
-        n, width = labels.shape
+    def _filled(self, n: int, width: int) -> tuple[Tensor, ...]:
+        """Batch buffers; positions without a label keep a harmless filler (a uniform target, zero states)."""
+        if self.mode == "hidden":
+            return (torch.zeros(n, width, self.width, dtype=HIDDEN_DTYPES[self.settings.dtype]),)
         k = self.settings.k
-        ids = torch.arange(k, dtype=torch.long).expand(n, width, k).clone()
-        log_probs = torch.full((n, width, k + 1), -float(np.log(k + 1)), dtype=torch.float32)
+        return (torch.arange(k, dtype=torch.long).expand(n, width, k).clone(),
+                torch.full((n, width, k + 1), -float(np.log(k + 1)), dtype=torch.float32))
+
+    def batch_targets(self, examples: list, labels: Tensor) -> tuple[Tensor, ...]:
+        """The stored arrays aligned with a batch's positions ``[B, L]``: top-k ids ``[B, L, k]`` (int64)
+        and log-probs ``[B, L, k + 1]`` (float32), or hidden states ``[B, L, H]`` (the stored dtype)."""
+        buffers = self._filled(*labels.shape)
         mask = labels.ne(IGNORE_INDEX)
         for i, example in enumerate(examples):
-            top, lp = self.targets(example.index)
+            stored = self.targets(example.index)
             positions = mask[i].nonzero().squeeze(1)
-            if len(positions) != len(top):
-                raise CacheError(f"teacher cache {self.root}: record {example.index} has {len(top)} response tokens "
-                                 f"cached but {len(positions)} in this run (other tokenizer or lengths?)")
-            ids[i, positions, : top.shape[1]] = torch.from_numpy(np.asarray(top, dtype=np.int64))
-            log_probs[i, positions, : lp.shape[1]] = torch.from_numpy(np.asarray(lp, dtype=np.float32))
-        return ids, log_probs
+            if len(positions) != len(stored[0]):
+                raise CacheError(f"teacher cache {self.root}: record {example.index} has {len(stored[0])} response "
+                                 f"tokens cached but {len(positions)} in this run (other tokenizer or lengths?)")
+            for buffer, array in zip(buffers, stored):
+                if self.mode == "hidden":
+                    buffer[i, positions] = as_tensor(array, self.settings.dtype)
+                else:
+                    buffer[i, positions, : array.shape[1]] = torch.as_tensor(np.asarray(array)).to(buffer.dtype)
+        return buffers
+
+    def output_layer(self, device) -> OutputLayer:
+        """The teacher's stored output layer on ``device`` (hidden mode)."""
+        if not (self.root / HEAD_FILE).is_file():
+            raise CacheError(f"{self.root / HEAD_FILE}: missing (the hidden-state cache's output layer); rebuild the "
+                             "cache with code/cache_teacher.py --overwrite")
+        return load_output_layer(self.root, self.settings.softcap, device)
+
+    def loss_teacher(self, targets: tuple[Tensor, ...], layer: OutputLayer | None = None) -> SparseTargets | TeacherHead:
+        """What the loss reads for a batch's :meth:`batch_targets` (already on the device): sparse
+        targets, or the teacher logits as ``layer`` (:meth:`output_layer`) on the hidden states."""
+        if self.mode == "hidden":
+            return layer.head(targets[0])
+        return SparseTargets(*targets, temperature=self.settings.temperature)
 
     @property
     def bytes_per_token(self) -> float:
+        if self.mode == "hidden":
+            return HIDDEN_DTYPES[self.settings.dtype].itemsize * self.width
         k = self.settings.k
         return 4 * k + np.dtype(DTYPES[self.settings.dtype]).itemsize * (k + 1)

@@ -26,7 +26,9 @@ float32 rounding of the cumulative mass at the boundary).
 The chunked and Triton paths return the reference's values and its autograd gradient for the
 student logits. They do not differentiate with respect to the teacher logits or a temperature
 tensor: when either requires grad, the reference runs instead (same results, reference memory).
-Sparse teacher targets (:class:`SparseTargets`) run on the chunked kernel.
+Sparse teacher targets (:class:`SparseTargets`) run on the chunked kernel. Teacher logits may also
+come as a :class:`TeacherHead` (final hidden states and the output layer, from a hidden-state
+teacher cache): every path computes them a chunk of rows at a time.
 A second backward through the same output is an error (the gradient buffer is freed after the
 first one). This package imports only :mod:`todi.objectives` (and :mod:`todi.util.labels`).
 """
@@ -46,6 +48,7 @@ from todi.kernels.autograd import (
 )
 from todi.kernels.fused_linear import fused_linear_loss
 from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss, SparseTargets
+from todi.kernels.teacher_head import TeacherHead, teacher_rows
 
 __all__ = [
     "IMPLEMENTATIONS",
@@ -53,6 +56,7 @@ __all__ = [
     "LossSpec",
     "PerRowLoss",
     "SparseTargets",
+    "TeacherHead",
     "broadcast_rows",
     "check_impl",
     "choose_backend",
@@ -60,12 +64,15 @@ __all__ = [
     "fused_linear_loss",
     "per_row_loss",
     "reference_loss",
+    "teacher_rows",
     "triton_available",
 ]
 
 
-def flatten_rows(x: Tensor) -> Tensor:
+def flatten_rows(x: Tensor | TeacherHead) -> Tensor | TeacherHead:
     """``[..., V]`` → ``[N, V]`` without a copy where the strides allow it; last dim contiguous."""
+    if isinstance(x, TeacherHead):
+        return x.flat()
     rows = x.reshape(-1, x.shape[-1])
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 

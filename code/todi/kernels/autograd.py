@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from todi.kernels import chunked
-from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss
+from todi.kernels.rows import FUSED_HEAD_FACTOR, LossInputs, LossSpec, PerRowLoss, rows_per_chunk
+from todi.kernels.teacher_head import TeacherHead
 from todi.objectives import log_probs, sum_entries
 from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
@@ -155,12 +156,39 @@ def backend_forward(backend: str, spec: LossSpec, inp: LossInputs, *, want_grad:
     ``grad``; diagnostics a Triton branch does not compute come from the chunked path."""
     if backend == "chunked":
         return chunked.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
+    if isinstance(inp.teacher, TeacherHead):  # the Triton kernel reads logits: a chunk of teacher rows at a time
+        return _by_teacher_chunks(backend, spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
     from todi.kernels import triton as triton_backend  # imports triton: only when it runs
 
     out = triton_backend.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
     missing = want_diagnostics and inp.has_teacher and set(spec.diagnostics) - set(out.diagnostics)
     if missing:
         out.diagnostics.update({k: v for k, v in chunked.diagnostics(spec, inp).items() if k in missing})
+    return out
+
+
+def _by_teacher_chunks(backend: str, spec: LossSpec, inp: LossInputs, *, want_grad: bool,
+                       want_diagnostics: bool) -> PerRowLoss:
+    """:func:`backend_forward` over chunks of active rows whose teacher logits (from a
+    :class:`TeacherHead`) are computed one chunk at a time: never an ``N × V_t`` teacher tensor."""
+    student = inp.student
+    n, device = student.shape[0], student.device
+    zeros = lambda: torch.zeros(n, dtype=torch.float32, device=device)  # noqa: E731
+    out = PerRowLoss(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics={},
+                     grad=torch.zeros_like(student) if want_grad else None)
+    rows = inp.active_rows().nonzero().squeeze(1)
+    step = rows_per_chunk(rows.numel(), inp.teacher.shape[-1], device.type, element_size=inp.teacher.weight.element_size(),
+                          factor=FUSED_HEAD_FACTOR)
+    for start in range(0, rows.numel(), step):
+        idx = rows[start : start + step]
+        res = backend_forward(backend, spec, inp.select(idx, student.index_select(0, idx)), want_grad=want_grad,
+                              want_diagnostics=want_diagnostics)
+        for total, part in ((out.kd, res.kd), (out.ce, res.ce), (out.correct, res.correct)):
+            total.index_copy_(0, idx, part)
+        for name, value in res.diagnostics.items():
+            out.diagnostics.setdefault(name, zeros()).index_copy_(0, idx, value)
+        if want_grad:
+            out.grad.index_copy_(0, idx, res.grad.to(out.grad.dtype))
     return out
 
 
@@ -223,6 +251,8 @@ def per_row_loss(impl: str, spec: LossSpec, inp: LossInputs, *, want_diagnostics
 def reference_loss(spec: LossSpec, inp: LossInputs, *, want_diagnostics: bool = False) -> PerRowLoss:
     """The same outputs from the plain implementations, differentiable by autograd."""
     student, teacher = inp.student, inp.teacher
+    if isinstance(teacher, TeacherHead):  # the reference reads every logit at once
+        teacher = teacher.materialize()
     n = student.shape[0]
     zero = torch.zeros(n, dtype=torch.float32, device=student.device)
     kd, ce, correct, diagnostics = zero, zero, zero, {}

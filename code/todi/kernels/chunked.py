@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss, rows_per_chunk, take_rows
+from todi.kernels.teacher_head import teacher_rows
 from todi.objectives import Objective, log_probs, scaled_logits, sum_entries
 from todi.objectives.math import retemper_log_probs
 
@@ -99,7 +100,7 @@ def diagnostics(spec: LossSpec, inp: LossInputs) -> dict[str, Tensor]:
     for begin in range(0, rows.numel(), step):
         idx = rows[begin : begin + step]
         xs = inp.student.index_select(0, idx)[:, : inp.vocab].float()
-        xt = inp.teacher.index_select(0, idx)[:, : inp.vocab].float()
+        xt = teacher_rows(inp.teacher, idx)[:, : inp.vocab].float()
         s, t, _, keep = _log_probs(xs, xt, take_rows(inp.temperature, idx))
         for name, value in _chunk_diagnostics(spec, s, t, keep).items():
             out[name].index_copy_(0, idx, value)
@@ -186,7 +187,8 @@ def _kd_part(spec, inp: LossInputs, c: _Chunk, out: PerRowLoss, want_grad: bool)
         return _sparse_kd_part(spec, inp, c, out, want_grad), None
     on = inp.kd_mask.index_select(0, c.idx)
     temp = take_rows(inp.temperature, c.idx)
-    xt = _rows_view(inp.teacher, c.idx, c.contiguous, c.first)[:, : inp.vocab].float()
+    where = slice(c.first, c.first + c.idx.numel()) if c.contiguous else c.idx
+    xt = teacher_rows(inp.teacher, where)[:, : inp.vocab].float()
     value, g, G, q, diag, log_q = _kd_chunk(spec, c.xs[:, : inp.vocab], xt, temp, bool(out.diagnostics))
     del xt
     out.kd.index_copy_(0, c.idx, torch.where(on, value, 0.0))

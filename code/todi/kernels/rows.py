@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from todi.kernels.teacher_head import TeacherHead, teacher_rows
 from todi.util.labels import IGNORE_INDEX
 from todi.objectives import Objective, get, reduce
 
@@ -96,8 +97,9 @@ class LossInputs:
     """One call's tensors, already flattened to rows.
 
     student: ``[N, V_s]``, last dim contiguous (rows may be strided).
-    teacher: ``[N, V_t]`` or None (cross-entropy only, or sparse targets); only its first ``vocab``
-        columns are read.
+    teacher: ``[N, V_t]`` logits, or a :class:`TeacherHead` computing them a chunk of rows at a time
+        (a hidden-state teacher cache), or None (cross-entropy only, or sparse targets); only the first
+        ``vocab`` columns are read.
     sparse: precomputed teacher targets instead of ``teacher`` (:class:`SparseTargets`), or None.
     vocab: the number of leading columns the divergence compares (≤ V_s, ≤ V_t).
     labels: int64 ``[N]`` or None (no cross-entropy); ``ignore_index`` marks rows without one.
@@ -108,7 +110,7 @@ class LossInputs:
     """
 
     student: Tensor
-    teacher: Tensor | None
+    teacher: Tensor | TeacherHead | None
     vocab: int
     labels: Tensor | None
     kd_mask: Tensor | None
@@ -147,7 +149,7 @@ class LossInputs:
         """The rows ``idx`` of these inputs, with ``student`` as their student logits."""
         return LossInputs(
             student=student,
-            teacher=self.teacher.index_select(0, idx) if self.teacher is not None else None,
+            teacher=teacher_rows(self.teacher, idx) if self.teacher is not None else None,
             vocab=self.vocab,
             labels=self.labels.index_select(0, idx) if self.labels is not None else None,
             kd_mask=self.kd_mask.index_select(0, idx) if self.kd_mask is not None else None,

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from todi.loss.criterion import KDPlan
+from todi.kernels import TeacherHead, flatten_rows, teacher_rows
 from todi.kernels.rows import rows_per_chunk
 from todi.objectives import check_logits, get, log_probs, sum_entries
 from todi.objectives.math import TINY
@@ -89,10 +90,17 @@ _SCORES: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]] = 
 DIFFICULTIES = tuple(_SCORES)
 
 
-def _check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> None:
-    if not isinstance(student_logits, Tensor) or not isinstance(teacher_logits, Tensor):
+def _check_logits(student_logits: Tensor, teacher_logits: Tensor | TeacherHead, temperature: float) -> None:
+    """Shapes and dtypes; a :class:`TeacherHead` (a hidden-state cache) may have more output rows than
+    the compared vocabulary (its first ``V`` logits are read)."""
+    if isinstance(teacher_logits, TeacherHead) and isinstance(student_logits, Tensor):
+        if teacher_logits.shape[:-1] != student_logits.shape[:-1] or teacher_logits.shape[-1] < student_logits.shape[-1]:
+            raise ValueError(f"teacher {tuple(teacher_logits.shape)} does not cover student logits "
+                             f"{tuple(student_logits.shape)}")
+    elif not isinstance(student_logits, Tensor) or not isinstance(teacher_logits, Tensor):
         raise TypeError("student_logits and teacher_logits must be tensors of shape [..., V]")
-    check_logits(student_logits, teacher_logits)  # shapes and dtypes, as divergence() checks them
+    else:
+        check_logits(student_logits, teacher_logits)  # shapes and dtypes, as divergence() checks them
     if isinstance(temperature, Tensor) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite float > 0, got {temperature!r}")
 
@@ -101,13 +109,14 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 def difficulty(
     name: str,
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: Tensor | TeacherHead,
     temperature: float = 1.0,
     *,
     labels: Tensor | None = None,
     chunk_size: int | None = None,
 ) -> Tensor:
-    """Per-position difficulty ``[...]`` (float32, no grad) of student ``[..., V]`` vs teacher ``[..., V]``.
+    """Per-position difficulty ``[...]`` (float32, no grad) of student ``[..., V]`` vs teacher ``[..., V]``
+    (or a :class:`todi.kernels.TeacherHead` whose first ``V`` logits are computed a chunk at a time).
 
     ``name``: "hellinger" (default of AdaKD), "forward_kl", "reverse_kl", or "cross_entropy"
     (−log q(y) of the data token, needs ``labels`` ``[...]``: int64, negative where there is none),
@@ -132,11 +141,11 @@ def difficulty(
     score = _SCORES[name]
     # reshape is a view for the usual layouts (also for a vocabulary slice [..., :V]): no full copy.
     student = student_logits.detach().reshape(-1, vocab)
-    teacher = teacher_logits.detach().reshape(-1, vocab)
+    teacher = flatten_rows(teacher_logits.detach())
     out = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
     for start in range(0, student.shape[0], chunk_size):
         stop = start + chunk_size
-        s, t, keep = log_probs(student[start:stop], teacher[start:stop], temperature)
+        s, t, keep = log_probs(student[start:stop], teacher_rows(teacher, slice(start, stop))[:, :vocab], temperature)
         out[start:stop] = score(s, t, keep, flat_labels[start:stop] if name == "cross_entropy" else None)
     return out.view(student_logits.shape[:-1])
 

@@ -35,7 +35,7 @@ class LossStats:
 
     ce: the cross-entropy; correct: argmax hits; kd: the weighted divergence as it enters the loss
     and kd_tokens: the positions with a KD term (both None without a teacher); planner: what a token
-    planner (AdaKD) adds, by name.
+    planner (AdaKD) or the trainer (a top-k cache's tail mass) adds, by name, summed over response tokens.
     """
 
     ce: Tensor
@@ -193,7 +193,7 @@ class DistillationLoss:
     def uses_teacher(self) -> bool:
         return self.objective is not None and self.kd_rate > 0
 
-    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: Tensor | None = None, *,
+    def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: "Tensor | kernels.TeacherHead | None" = None, *,
                  teacher_sparse: "kernels.SparseTargets | None" = None, diagnostics: bool = False) -> LossOutput:
         """Loss of one micro-batch.
 
@@ -201,7 +201,9 @@ class DistillationLoss:
             student_logits: ``[B, L, V_s]``.
             labels: ``[B, L]`` int64, aligned with the logits, ``ignore_index`` where not supervised.
             teacher_logits: ``[B, L, V_t]``, required when the loss uses a teacher (unless
-                ``teacher_sparse``). Both are compared over their first ``vocab_size`` entries
+                ``teacher_sparse``); or a :class:`todi.kernels.TeacherHead` (the teacher's final hidden
+                states and output layer, from a hidden-state cache), whose logits every path computes a
+                chunk of rows at a time. Both are compared over their first ``vocab_size`` entries
                 (default min(V_s, V_t), for vocabularies padded to different sizes); the caller
                 checks that the padding is all that differs (:func:`todi.models.shared_vocab_size`).
             teacher_sparse: precomputed teacher targets instead of its logits (a teacher cache):
@@ -218,7 +220,7 @@ class DistillationLoss:
         return self._output(rows, labels, plan)
 
     def loss_from_hidden(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
-                         teacher_logits: Tensor | None = None, *, diagnostics: bool = False,
+                         teacher_logits: "Tensor | kernels.TeacherHead | None" = None, *, diagnostics: bool = False,
                          chunk_size: int | None = None) -> LossOutput:
         """The same loss with the student's logits ``hidden @ weight.T + bias`` never materialised
         (:func:`todi.kernels.fused_linear_loss`): ``hidden`` ``[B, L, H]``, ``weight`` ``[V_s, H]``."""
@@ -266,7 +268,9 @@ class DistillationLoss:
             return KDPlan(mask=mask, temperature=self.temperature)
         t = self.temperature
         if sparse is None:
-            return self.planner.plan(student_kd, teacher_logits[..., : student_kd.shape[-1]], mask, t, labels=labels)
+            if isinstance(teacher_logits, Tensor):  # a TeacherHead's planner reads its first V logits itself
+                teacher_logits = teacher_logits[..., : student_kd.shape[-1]]
+            return self.planner.plan(student_kd, teacher_logits, mask, t, labels=labels)
         with torch.no_grad():  # difficulty on the coarsened distributions, as "logits" at T
             student = coarse_log_probs(student_kd.detach(), sparse.ids, t) * t
             teacher = retemper_log_probs(sparse.log_probs.float(), sparse.temperature, t) * t

@@ -13,7 +13,10 @@ from todi.util.log import logger
 __all__ = ['check_vocabularies', 'output_rows', 'shared_vocab_size']
 
 def output_rows(model) -> int:
-    """The number of rows of the model's output layer (its logits' last dimension)."""
+    """The number of rows of the model's output layer (its logits' last dimension); an int is that
+    number already (a teacher known by its cached output layer)."""
+    if isinstance(model, int):
+        return model
     return model.get_output_embeddings().weight.shape[0]
 
 

@@ -198,8 +198,9 @@ def prepare(out_dir: str | Path, *, n_train: int = 2000, n_dev: int = 100, n_val
 
 
 # run_demo.sh's variables: whole numbers >= 1, switches, and the rest (checked below)
-POSITIVE = ("NUM_TRAIN", "NUM_DEV", "NUM_VALID", "TEACHER_EPOCHS", "STUDENT_EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE", "NPROC")
-SWITCHES = ("STUDENT_SFT", "RUN_EVAL")
+POSITIVE = ("NUM_TRAIN", "NUM_DEV", "NUM_VALID", "TEACHER_EPOCHS", "STUDENT_EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE", "NPROC",
+            "LOG_INTERVAL")
+SWITCHES = ("STUDENT_SFT", "RUN_EVAL", "CACHE_HIDDEN")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

@@ -344,8 +344,6 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.adakd:
             fail("--adakd needs --criterion various_divergence")
     _check_objective_params(args, fail)
-    if args.teacher_cache is not None and args.fused_lm_head:
-        fail("--fused-lm-head does not read a --teacher-cache yet: drop one of them")
     if args.fused_lm_head and (args.adakd or args.kd_impl == "reference"):
         fail("--fused-lm-head works with the memory-efficient kernels only: drop --adakd (it needs the student's "
              "logits) and --kd-impl reference")

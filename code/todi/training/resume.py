@@ -88,8 +88,7 @@ class RunDirectory:
         barrier()
 
     def save(self, engine, state: ckpt.TrainerState, extra: dict) -> None:
-        tag = ckpt.save_resume_state(engine, self.resume_root, state, rank=self.env.rank, extra=extra)
-        logger.info(f"resumable state saved: {self.resume_root / tag}")
+        ckpt.save_resume_state(engine, self.resume_root, state, rank=self.env.rank, extra=extra)  # routine: no line
 
     def load(self, engine) -> tuple[ckpt.TrainerState, dict]:
         """The saved trainer state and its extras (``rng`` and what :meth:`save` was given)."""

@@ -69,8 +69,15 @@ def open_teacher_cache(args: argparse.Namespace, tokenizer):
                 max_prompt_length=args.max_prompt_length, temperature=args.kd_temperature,
                 teacher_path=args.teacher_model_path,
                 teacher_adapter=args.teacher_peft_path if args.teacher_model_path is not None else None)
-    logger.info(f"teacher cache {args.teacher_cache}: top-{cache.settings.k} targets at temperature "
-                f"{cache.settings.temperature:g} ({cache.bytes_per_token:.0f} bytes per token); no teacher is loaded")
+    if cache.mode == "hidden":
+        what = f"the teacher's final hidden states ({cache.settings.dtype}) and output layer: exact teacher logits"
+    else:
+        what = f"top-{cache.settings.k} targets at temperature {cache.settings.temperature:g}"
+        if args.fused_lm_head:
+            raise ValueError("--fused-lm-head reads teacher logits: a top-k --teacher-cache has none; build a hidden-state "
+                             "cache (code/cache_teacher.py --mode hidden) or drop --fused-lm-head")
+    logger.info(f"teacher cache {args.teacher_cache}: {what} ({cache.bytes_per_token:.0f} bytes per token); "
+                "no teacher is loaded")
     return cache
 
 
@@ -160,6 +167,7 @@ class Models:
     scheduler: object
     teacher: object | None  # frozen, on the device (sharded like the student under ZeRO-3)
     kd_vocab: int | None = None  # the leading vocabulary entries KD compares (both tokenizers and output layers)
+    cache_head: object | None = None  # a hidden-state teacher cache's output layer, on the device
 
 
 def _log_parameters(model, name: str, precision: str) -> None:
@@ -195,6 +203,10 @@ def build_models(args: argparse.Namespace, env: DistEnv, ds: DeepSpeedSettings, 
         teacher = build_teacher(args.teacher_model_path, dtype=ds.dtype, adapter_path=args.teacher_peft_path)
         kd_vocab = shared_vocab_size(student, teacher, data.tokenizer, data.teacher_tokenizer)
         _log_parameters(teacher, "teacher", ds.precision)
+    cache, cache_head = data.collate.teacher_cache, None
+    if cache is not None and cache.mode == "hidden":  # the teacher's output layer stands for the teacher
+        cache_head = cache.output_layer(env.device)
+        kd_vocab = shared_vocab_size(student, cache_head.weight.shape[0], data.tokenizer, data.tokenizer)
     optimizer = torch.optim.AdamW(optimizer_param_groups(student, args.weight_decay), lr=args.lr,
                                   fused=env.device.type == "cuda")
     scheduler = build_scheduler(optimizer, args.lr_decay_style, warmup=args.warmup_iters, total=total_iters,
@@ -213,7 +225,7 @@ def build_models(args: argparse.Namespace, env: DistEnv, ds: DeepSpeedSettings, 
             teacher_engine.compile(compile_kwargs={"dynamic": True})
         elif teacher is not None:
             teacher = torch.compile(teacher, dynamic=True)
-    return Models(engine, scheduler, teacher, kd_vocab)
+    return Models(engine, scheduler, teacher, kd_vocab, cache_head)
 
 
 def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int | None = None):

@@ -37,24 +37,35 @@ from todi.training import setup
 
 __all__ = ["Trainer", "student_loss", "teacher_forward"]
 
+CACHE_TAIL_METRIC = "cache_tail_mass"  # a top-k cache's mean tail mass P_R at its temperature
+
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
-                 *, diagnostics: bool = False, fused: bool = False, cache_temperature: float | None = None) -> LossOutput:
+                 *, diagnostics: bool = False, fused: bool = False, cache=None, head=None) -> LossOutput:
     """Student forward and loss of one micro-batch.
 
     ``fused``: the output layer, CE and KD run chunk by chunk on the final hidden states
     (:func:`todi.models.fused_head.fused_student_loss`), so the student's ``[B, L, V]`` logits never exist.
-    ``cache_temperature``: the batch carries cached teacher targets (``batch.teacher_targets``) made
-    at this temperature, used instead of ``teacher_logits``.
+    ``cache``: the :class:`todi.cache.store.TeacherCache` whose arrays the batch carries
+    (``batch.teacher_targets``), read instead of ``teacher_logits``: top-k targets, or hidden states
+    that ``head`` (the cache's output layer, on the device) turns into teacher logits chunk by chunk.
     """
+    sparse = None
+    if batch.teacher_targets is not None:
+        cached = cache.loss_teacher(batch.teacher_targets, head)
+        if isinstance(cached, SparseTargets):
+            sparse = cached
+        else:
+            teacher_logits = cached
     if fused:
         return fused_student_loss(model, batch.input_ids, batch.attention_mask, batch.labels, teacher_logits,
                                   criterion, diagnostics=diagnostics)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    sparse = None
-    if batch.teacher_targets is not None:
-        sparse = SparseTargets(*batch.teacher_targets, temperature=cache_temperature)
-    return criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics)
+    out = criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics)
+    if sparse is not None:  # what the top-k targets leave in their bucket, logged per response token
+        tail = sparse.log_probs[..., -1].exp().masked_fill(batch.labels.eq(IGNORE_INDEX), 0.0)
+        out.stats.planner[CACHE_TAIL_METRIC] = tail.sum()
+    return out
 
 
 def teacher_forward(teacher, batch: Batch) -> Tensor:
@@ -93,8 +104,8 @@ class Trainer:
         models = setup.build_models(args, env, self.ds, self.data, self.total_iters)
         self.engine, self.scheduler, self.teacher = models.engine, models.scheduler, models.teacher
         self.criterion = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
-        cache = self.data.collate.teacher_cache
-        self.cache_temperature = cache.settings.temperature if cache is not None else None
+        self.cache = self.data.collate.teacher_cache
+        self.cache_head = models.cache_head
         self.dev = DevEvaluation(args, env, self.ds.zero_stage)
 
         self.state = ckpt.TrainerState()
@@ -160,8 +171,7 @@ class Trainer:
         for host_batch, batch in zip(micro_batches, batches):
             teacher_logits = teacher_forward(self.teacher, batch) if self.teacher is not None else None
             out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
-                               cache_temperature=self.cache_temperature,
-                               fused=self.args.fused_lm_head)
+                               cache=self.cache, head=self.cache_head, fused=self.args.fused_lm_head)
             self.engine.backward(out.loss * scale)
             self.engine.step()
             self.metrics.add(out)
@@ -221,11 +231,14 @@ class Trainer:
         self._start_time = self._last_log_time = time.perf_counter()
         logger.info(f"training: {args.criterion}" + (f" ({args.kd_objective}, kd_rate {args.kd_rate}, "
                     f"temperature {args.kd_temperature})" if self.uses_teacher else ""))
+        every = f" and every {args.state_interval} steps" if args.state_interval else ""
+        logger.info(f"resumable state in {self.run.resume_root}, saved at each epoch end{every}")
         while state.epoch < self.num_epochs and state.global_step < self.total_iters:
             epoch = state.epoch
             plan, batches = self._loader(epoch, state.step_in_epoch)
-            if state.step_in_epoch == 0 and plan.skipped:
-                logger.info(f"epoch {epoch + 1}: {plan.skipped} examples skipped (less than a global batch left)")
+            if steps_this_run == 0 and state.step_in_epoch == 0 and plan.skipped:  # the same count every epoch
+                logger.info(f"each epoch leaves out {plan.skipped} examples (less than a global batch); "
+                            "a different draw each epoch")
             if self._rng_to_restore is not None:  # right before the first step: nothing else draws in between
                 ckpt.set_rng_state(self._rng_to_restore)
                 self._rng_to_restore = None
@@ -266,7 +279,8 @@ class Trainer:
 
     def _pause(self, steps_this_run: int) -> bool:
         """After the state is saved: log, mark the run directory ``PAUSED``; True."""
-        logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters); rerun to continue")
+        logger.info(f"stopping after {steps_this_run} steps (--stop-after-iters), state saved in "
+                    f"{self.run.resume_root}; rerun to continue")
         self.run.mark_paused(f"paused at step {self.state.global_step} of {self.total_iters} by --stop-after-iters: "
                              "rerun the same command to continue")
         return True
@@ -310,12 +324,14 @@ class Trainer:
             score = -results["loss"]
         else:
             score = float(self.state.global_step)
+        removed = []
         for dropped in self.best.add(path, score):
             if self.env.is_main and dropped.is_dir():
                 shutil.rmtree(dropped)
-                logger.info(f"removed {dropped.name} (keeping the best {self.best.n})")
+                removed.append(dropped.name)
         barrier()
-        logger.info(f"checkpoint saved: {path}")
+        note = f" (removed {', '.join(removed)}: keeping the best {self.best.n})" if removed else ""
+        logger.info(f"checkpoint saved: {path}{note}")
 
     # ------------------------------------------------------------------ evaluation
 

@@ -15,7 +15,8 @@ import torch
 
 from todi.loss.criterion import DistillationLoss
 from todi.kernels import SparseTargets
-from todi.cache.store import CacheError, TeacherCache, teacher_targets
+from todi.cache.build import teacher_targets
+from todi.cache.store import CacheError, TeacherCache
 
 from _cases import CASES, IDS
 from _training import REPO, cli, make_dolly, make_gpt2_pair, read_metrics, subprocess_env
@@ -139,7 +140,8 @@ def build(teacher, data, out, *extra, check=True):
 def test_cache_build_resume_checks_and_training(setup, tmp_path):
     student, teacher, data = setup
     out = tmp_path / "cache"
-    build(teacher, data, out)
+    first = build(teacher, data, out)
+    assert "top-16 at temperature 2: mean tail mass P_R" in first.stdout + first.stderr  # the cost, said at build
     totals = json.loads((out / "complete.json").read_text())
     cache = TeacherCache(out)
     assert totals["examples"] == 12 and cache.bytes_per_token == 4 * 16 + 2 * 17  # int32 ids, fp16 log-probs
@@ -186,6 +188,7 @@ def test_cache_build_resume_checks_and_training(setup, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     logged = read_metrics(run)
     assert logged and all(math.isfinite(r["loss"]) and r["kd"] > 0 for r in logged)
+    assert all(0 < r["cache_tail_mass"] < 1 for r in logged)  # and during training
     assert "teacher:" not in result.stdout  # the teacher model was never loaded
 
     # a cache for other settings: a clear error naming the difference

@@ -290,6 +290,32 @@ def test_fused_linear_loss_with_triton_matches_unfused():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@needs_triton
+@pytest.mark.parametrize("name,params", [("ToDi", {}), ("reverse_kl", {}), ("adaptive_kl", {})])
+def test_triton_reads_a_teacher_head_chunk_by_chunk(name, params):
+    """Teacher logits from a hidden-state cache (kernels.TeacherHead): the Triton path computes them a
+    chunk of rows at a time and gives the values of the materialised logits."""
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 5, 24, generator=g).to(DEVICE)
+    weight, bias = (torch.randn(V + 3, 24, generator=g) * 0.3).to(DEVICE), torch.randn(V + 3, generator=g).to(DEVICE)
+    head = kernels.TeacherHead(hidden, weight, bias)
+    s, _ = make_pair(2, 5, V, seed=3, specials=False)
+    labels = torch.randint(0, V, (2, 5), generator=g).to(DEVICE)
+    labels[0, :2] = -100
+
+    def run(teacher, impl):
+        leaf = s.clone().requires_grad_(True)
+        out = DistillationLoss(name, kd_rate=0.5, temperature=2.0, impl=impl, vocab_size=V, **params)(
+            leaf, labels, teacher, diagnostics=True)
+        out.loss.backward()
+        return out.loss.detach(), leaf.grad
+
+    val, grad = run(head, "triton")
+    ref_val, ref_grad = run(head.materialize(), "reference")
+    torch.testing.assert_close(val, ref_val, rtol=1e-5, atol=1e-5)
+    assert_grads_close(grad, ref_grad, torch.float32)
+
+
 @pytest.mark.slow
 def test_interpreter_run():
     """Without CUDA: the tests above, on CPU tensors through Triton's interpreter."""

@@ -18,6 +18,21 @@ ADAKD_WARMUP=${ADAKD_WARMUP:-0.05}             # fraction of the optimizer steps
 ADAKD_MIN_RATIO=${ADAKD_MIN_RATIO:-0.1}        # LATF: the smallest ratio of tokens kept for KD
 ADAKD_DIFFICULTY=${ADAKD_DIFFICULTY:-hellinger}   # token difficulty (AdaKD's --rule)
 ADAKD_TAG=${ADAKD_TAG:-$(if [ "${ADAKD}" = 1 ]; then echo "__adakd^c=${ADAKD_C}^eps=${ADAKD_EPS}^delta=${ADAKD_DELTA}^${ADAKD_DIFFICULTY}"; fi)}
+# on-policy data: which source each step trains on (code/todi/training/onpolicy.py)
+DATA_MODE=${DATA_MODE:-fixed}                  # fixed: the dataset; gkd: GKD's mix; distillm: DistiLLM's adaptive schedule
+STUDENT_GEN_RATIO=${STUDENT_GEN_RATIO:-0.5}    # gkd: lambda, the probability of a step on the student's own samples
+SEQ_KD=${SEQ_KD:-0}                            # gkd: 1: the other steps train on the teacher's samples
+INIT_THRESHOLD=${INIT_THRESHOLD:-0.0}          # distillm: the starting threshold tau
+LOSS_EPS=${LOSS_EPS:-0.1}                      # distillm: tau grows by 0.1 when a dev loss rises by this much
+REPLAY_CAPACITY=${REPLAY_CAPACITY:-1000}       # distillm: sampled responses the replay buffer keeps
+ROLLOUT_MAX_NEW_TOKENS=${ROLLOUT_MAX_NEW_TOKENS:-}   # empty: MAX_LENGTH - MAX_PROMPT_LENGTH
+ROLLOUT_TEMP=${ROLLOUT_TEMP:-1.0}              # rollouts sample the full distribution by default (GKD's, DistiLLM's)
+ROLLOUT_TOP_K=${ROLLOUT_TOP_K:-0}
+ROLLOUT_TOP_P=${ROLLOUT_TOP_P:-1.0}
+DATA_TAG=${DATA_TAG:-$(case "${DATA_MODE}" in
+    gkd) echo "__data=gkd^${STUDENT_GEN_RATIO}$([ "${SEQ_KD}" = 1 ] && echo "^seqkd")";;
+    distillm) echo "__data=distillm^${INIT_THRESHOLD}^${LOSS_EPS}^${REPLAY_CAPACITY}";;
+esac)}
 
 # The teacher in the run's folder name: teacher_name MODEL_PATH [ADAPTER_PATH] gives the model folder's
 # name (+ the LoRA adapter's), or with TEACHER_CACHE the cache folder's name (such a run's name also

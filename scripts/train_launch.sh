@@ -5,8 +5,8 @@
 # terminal and in the log, are the first cause, after torchrun's report; the exit code is torchrun's.
 # GPUS naming GPUs that are not there is an error before anything starts; a run paused by
 # --stop-after-iters exits 3 (both: torchrun_launch.sh).
-# With a KD objective in OPTS (--kd-objective), it first adds AdaKD's flags when ADAKD=1 (its
-# settings: kd_common.sh), and it passes the objective's parameters: a flag
+# With a KD objective in OPTS (--kd-objective), it first adds AdaKD's flags when ADAKD=1 and the
+# on-policy flags when DATA_MODE is gkd or distillm (their settings: kd_common.sh), and it passes the objective's parameters: a flag
 # for each of these variables that is set and non-empty (empty: the objective's registry default),
 #   TODI_BETA → --todi-beta, SKEW_LAMBDA → --skew-lambda, ADAPTIVE_KL_ALPHA → --adaptive-kl-alpha,
 #   GJSD_BETA → --gjsd-beta, AB_ALPHA → --ab-alpha, AB_BETA → --ab-beta,
@@ -19,6 +19,18 @@
 if [[ ${OPTS} == *" --kd-objective "* && ${ADAKD:-0} == 1 ]]; then
     OPTS+=" --adakd --adakd-c ${ADAKD_C} --adakd-ema ${ADAKD_EMA} --adakd-eps ${ADAKD_EPS} --adakd-delta ${ADAKD_DELTA}"
     OPTS+=" --adakd-warmup ${ADAKD_WARMUP} --adakd-min-ratio ${ADAKD_MIN_RATIO} --adakd-difficulty ${ADAKD_DIFFICULTY}"
+fi
+# on-policy data (KD scripts only; settings: kd_common.sh): the teacher scores the sampled responses,
+# so it is loaded even beside a TEACHER_CACHE (which then serves the dataset's share)
+if [[ ${OPTS} == *" --kd-objective "* && ${DATA_MODE:-fixed} != fixed ]]; then
+    OPTS+=" --data-mode ${DATA_MODE} --student-gen-ratio ${STUDENT_GEN_RATIO} --init-threshold ${INIT_THRESHOLD}"
+    OPTS+=" --loss-eps ${LOSS_EPS} --replay-capacity ${REPLAY_CAPACITY} --rollout-temperature ${ROLLOUT_TEMP}"
+    OPTS+=" --rollout-top-k ${ROLLOUT_TOP_K} --rollout-top-p ${ROLLOUT_TOP_P}"
+    if [ -n "${ROLLOUT_MAX_NEW_TOKENS}" ]; then OPTS+=" --rollout-max-new-tokens ${ROLLOUT_MAX_NEW_TOKENS}"; fi
+    if [ "${SEQ_KD}" = 1 ]; then OPTS+=" --seq-kd"; fi
+    if [[ ${OPTS} != *" --teacher-model-path "* ]]; then
+        OPTS+=" --teacher-model-path ${TEACHER_MODEL_PATH}${TEACHER_PEFT_PATH:+ --teacher-peft-path ${TEACHER_PEFT_PATH}}"
+    fi
 fi
 # model
 OPTS+=" --base-path ${BASE_PATH}"

@@ -53,7 +53,7 @@ SEED=${SEED:-10}
 SAVE_BEST_N_CKPTS=${SAVE_BEST_N_CKPTS:-1}
 # the run's name and directory
 CONFIG=${CONFIG:-${KD_OBJ}${OBJ_TAG}-lora-rank=${LORA_RANK}-alpha=${LORA_ALPHA}-dropout=${LORA_DROPOUT}-${PRECISION}}
-SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}${ADAKD_TAG}__teacher=$(teacher_name "${TEACHER_MODEL_PATH}" "${TEACHER_PEFT_PATH}")__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}$(run_name_tail)${TEACHER_CACHE:+__cache}}
+SETTING=${SETTING:-criterion=${CRITERION}__${CONFIG}${ADAKD_TAG}${DATA_TAG}__teacher=$(teacher_name "${TEACHER_MODEL_PATH}" "${TEACHER_PEFT_PATH}")__kd^rate=${KD_RATE}__kd^temp=${KD_TEMP}__epoch=${EPOCH}__bsz=${BATCH_SIZE}x${GRAD_ACC}x${NPROC}x${NNODES}=$((BATCH_SIZE * GRAD_ACC * NPROC * NNODES))__lr=${LR}$(run_name_tail)${TEACHER_CACHE:+__cache}}
 SAVE_PATH=${SAVE_PATH:-${BASE_PATH}/outputs/${CKPT_TYPE}/${CKPT_NAME}/${TASK}/$(run_folder_name "${SETTING}")}
 
 if [ -z "${TEACHER_PEFT_PATH}" ] && [ -z "${TEACHER_CACHE}" ]; then

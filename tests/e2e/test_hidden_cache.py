@@ -1,7 +1,7 @@
 """The hidden-state teacher cache through the scripts a user runs: built on 2 ranks
 (scripts/gpt2/cache_teacher_gpt2_xlarge.sh, CACHE_MODE=hidden), then KD from it
 (scripts/gpt2/vanilla_kd_gpt2_base.sh, TEACHER_CACHE) gives the live teacher's per-step losses
-(fp32: relative difference <= 1e-5) on 1 and 2 ranks, with and without AdaKD, at any temperature;
+(fp32: relative difference <= 1e-5) on 1 and 2 ranks, under ZeRO-3, with and without AdaKD, at any temperature;
 a cache made for other lengths is refused with the difference named."""
 
 from __future__ import annotations
@@ -64,6 +64,12 @@ def test_kd_from_the_hidden_cache_equals_live_kd(setup, nproc):
     cached, result = kd_run(setup, f"cached{nproc}", cached=True, nproc=nproc)
     assert "exact teacher logits" in result.stdout and "teacher: GPT2LMHeadModel" not in result.stdout
     assert_same_steps(live, cached, keys=("loss", "ce", "kd", "todi_alpha"))
+
+
+def test_zero3_student_from_the_hidden_cache_equals_live_zero1(setup):
+    live, _ = kd_run(setup, "live_zero1", cached=False, nproc=2, KD_OBJ="js_divergence")
+    cached, _ = kd_run(setup, "cached_zero3", cached=True, nproc=2, KD_OBJ="js_divergence", ZERO_STAGE="3")
+    assert_same_steps(live, cached)
 
 
 def test_adakd_at_another_temperature_from_the_same_cache(setup):

@@ -245,7 +245,8 @@ class Batch:
     teacher_input_ids: Tensor | None
     num_tokens: int
     num_input_tokens: int
-    teacher_targets: tuple[Tensor, Tensor] | None = None  # cached (ids [B, L, k], log-probs [B, L, k + 1])
+    teacher_targets: tuple[Tensor, ...] | None = None  # a teacher cache's arrays (TeacherCache.batch_targets)
+    examples: list | None = None  # the TokenizedExamples it was made of (host side: on-policy rollouts read prompts)
 
     @property
     def num_examples(self) -> int:
@@ -255,13 +256,13 @@ class Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         targets = None if self.teacher_targets is None else tuple(move(t) for t in self.teacher_targets)
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels),
-                     move(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets)
+                     move(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets, self.examples)
 
     def pin_memory(self) -> "Batch":
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         targets = None if self.teacher_targets is None else tuple(pin(t) for t in self.teacher_targets)
         return Batch(pin(self.input_ids), pin(self.attention_mask), pin(self.labels),
-                     pin(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets)
+                     pin(self.teacher_input_ids), self.num_tokens, self.num_input_tokens, targets, self.examples)
 
 
 def padded_width(lengths: list[int], *, multiple_of: int = 8, pad_to: int | None = None) -> int:
@@ -310,4 +311,4 @@ class Collator:
                 teacher_ids[i, :length] = torch.tensor(e.teacher_input_ids[:-1], dtype=torch.long)
         targets = self.teacher_cache.batch_targets(examples, labels) if self.teacher_cache is not None else None
         return Batch(input_ids, attention_mask, labels, teacher_ids, num_tokens, sum(e.length for e in examples),
-                     targets)
+                     targets, list(examples))

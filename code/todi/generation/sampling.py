@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Answers", "SamplingConfig", "answer_lengths", "generate", "gumbel_noise", "sample_answers"]
+__all__ = ["Answers", "SamplingConfig", "answer_lengths", "generate", "gumbel_noise", "left_pad", "logits_processors",
+           "sample_answers"]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -118,7 +119,7 @@ class _GumbelSampler:
         return logp + noise  # -inf entries (filtered by top-k/top-p) stay -inf
 
 
-def _processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_width: int,
+def logits_processors(config: SamplingConfig, seed: int, example_ids: Tensor, prompt_width: int,
                 vocab_size: int | None = None):
     """The logits processors: the padding-row mask (``vocab_size`` = len(tokenizer)) first, then the
     sampling warpers and the Gumbel sampler."""
@@ -155,7 +156,7 @@ def _encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> li
     return [prefix + ids[-(max_prompt_length - len(prefix)):] for ids in encoded]
 
 
-def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -250,13 +251,13 @@ def sample_answers(
     for batch in iterator:
         dummy = not batch
         batch = batch or [order[0]]
-        ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
         example_ids = torch.tensor(batch, dtype=torch.int64, device=device)
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=gen_config,
-            logits_processor=_processors(config, seed, example_ids, ids.shape[1], vocab_size=len(tokenizer)),
+            logits_processor=logits_processors(config, seed, example_ids, ids.shape[1], vocab_size=len(tokenizer)),
             synced_gpus=synced_gpus,
         )
         if dummy:

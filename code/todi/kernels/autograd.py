@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from todi.kernels import chunked
-from todi.kernels.rows import FUSED_HEAD_FACTOR, LossInputs, LossSpec, PerRowLoss, rows_per_chunk
-from todi.kernels.teacher_head import TeacherHead
+from todi.kernels.rows import LossInputs, LossSpec, PerRowLoss
+from todi.kernels.teacher_head import TeacherHead, teacher_head_rows
 from todi.objectives import log_probs, sum_entries
 from todi.objectives.math import coarse_log_probs, retemper_log_probs
 
@@ -154,10 +154,10 @@ def backend_forward(backend: str, spec: LossSpec, inp: LossInputs, *, want_grad:
                     want_diagnostics: bool) -> PerRowLoss:
     """The outputs of ``backend`` ("chunked" or "triton", as :func:`choose_backend` chose), with its
     ``grad``; diagnostics a Triton branch does not compute come from the chunked path."""
+    if isinstance(inp.teacher, TeacherHead):  # the backends read logits: a large chunk of teacher rows at a time
+        return _by_teacher_chunks(backend, spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
     if backend == "chunked":
         return chunked.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
-    if isinstance(inp.teacher, TeacherHead):  # the Triton kernel reads logits: a chunk of teacher rows at a time
-        return _by_teacher_chunks(backend, spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
     from todi.kernels import triton as triton_backend  # imports triton: only when it runs
 
     out = triton_backend.forward(spec, inp, want_grad=want_grad, want_diagnostics=want_diagnostics)
@@ -170,15 +170,15 @@ def backend_forward(backend: str, spec: LossSpec, inp: LossInputs, *, want_grad:
 def _by_teacher_chunks(backend: str, spec: LossSpec, inp: LossInputs, *, want_grad: bool,
                        want_diagnostics: bool) -> PerRowLoss:
     """:func:`backend_forward` over chunks of active rows whose teacher logits (from a
-    :class:`TeacherHead`) are computed one chunk at a time: never an ``N × V_t`` teacher tensor."""
+    :class:`TeacherHead`) are computed one chunk at a time (:func:`teacher_head_rows`: large enough for
+    an efficient matmul): never an ``N × V_t`` teacher tensor."""
     student = inp.student
     n, device = student.shape[0], student.device
     zeros = lambda: torch.zeros(n, dtype=torch.float32, device=device)  # noqa: E731
     out = PerRowLoss(kd=zeros(), ce=zeros(), correct=zeros(), diagnostics={},
                      grad=torch.zeros_like(student) if want_grad else None)
     rows = inp.active_rows().nonzero().squeeze(1)
-    step = rows_per_chunk(rows.numel(), inp.teacher.shape[-1], device.type, element_size=inp.teacher.weight.element_size(),
-                          factor=FUSED_HEAD_FACTOR)
+    step = teacher_head_rows(rows.numel(), inp.teacher.shape[-1], device.type)
     for start in range(0, rows.numel(), step):
         idx = rows[start : start + step]
         res = backend_forward(backend, spec, inp.select(idx, student.index_select(0, idx)), want_grad=want_grad,

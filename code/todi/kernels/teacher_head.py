@@ -16,7 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TeacherHead", "teacher_rows"]
+__all__ = ["TEACHER_HEAD_BYTES", "TeacherHead", "teacher_head_rows", "teacher_rows"]
+
+# A chunk of teacher logits computed at once: the matmul reads the whole output layer (V × H) per
+# chunk, so chunks must be large for it to be compute- rather than memory-bound; the float32
+# [chunk, V] logits stay within this budget (a live teacher's [B, L, V] logits are larger).
+TEACHER_HEAD_BYTES = {"cpu": 64 * 1024 * 1024, "cuda": 512 * 1024 * 1024}
+
+
+def teacher_head_rows(n_rows: int, vocab: int, device_type: str) -> int:
+    """Rows of teacher logits computed at once (at least 1, at most ``n_rows``)."""
+    budget = TEACHER_HEAD_BYTES.get(device_type, TEACHER_HEAD_BYTES["cuda"])
+    return max(1, min(n_rows, budget // (4 * max(vocab, 1))))
 
 
 @dataclass

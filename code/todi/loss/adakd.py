@@ -49,6 +49,7 @@ from torch import Tensor
 
 from todi.loss.criterion import KDPlan
 from todi.kernels import TeacherHead, flatten_rows, teacher_rows
+from todi.kernels.teacher_head import teacher_head_rows
 from todi.kernels.rows import rows_per_chunk
 from todi.objectives import check_logits, get, log_probs, sum_entries
 from todi.objectives.math import TINY
@@ -135,7 +136,10 @@ def difficulty(
         flat_labels = labels.reshape(-1)
     vocab = student_logits.shape[-1]
     if chunk_size is None:
-        chunk_size = rows_per_chunk(student_logits[..., 0].numel(), vocab, student_logits.device.type)
+        n, device_type = student_logits[..., 0].numel(), student_logits.device.type
+        chunk_size = rows_per_chunk(n, vocab, device_type)
+        if isinstance(teacher_logits, TeacherHead):  # its logits come from a matmul: larger chunks
+            chunk_size = teacher_head_rows(n, teacher_logits.shape[-1], device_type)
     elif chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     score = _SCORES[name]

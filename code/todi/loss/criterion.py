@@ -194,7 +194,8 @@ class DistillationLoss:
         return self.objective is not None and self.kd_rate > 0
 
     def __call__(self, student_logits: Tensor, labels: Tensor, teacher_logits: "Tensor | kernels.TeacherHead | None" = None, *,
-                 teacher_sparse: "kernels.SparseTargets | None" = None, diagnostics: bool = False) -> LossOutput:
+                 teacher_sparse: "kernels.SparseTargets | None" = None, diagnostics: bool = False,
+                 ce: bool = True) -> LossOutput:
         """Loss of one micro-batch.
 
         Args:
@@ -209,19 +210,22 @@ class DistillationLoss:
             teacher_sparse: precomputed teacher targets instead of its logits (a teacher cache):
                 ids ``[B, L, k]``, log-probabilities ``[B, L, k + 1]`` (:class:`todi.kernels.SparseTargets`).
             diagnostics: also compute the objective's diagnostics (e.g. mean ToDi α).
+            ce: False leaves the cross-entropy out of the loss (still computed as a statistic): a batch
+                of sampled responses (on-policy KD), whose tokens are no targets to imitate.
         """
         if teacher_sparse is not None:
             teacher_logits = None  # the targets stand for the teacher
         self._check_shapes(student_logits.shape, labels, teacher_logits, teacher_sparse, "logits")
         vocab = self._kd_vocab(student_logits.shape[-1], teacher_logits)
         plan = self._plan(student_logits[..., :vocab], labels, teacher_logits, teacher_sparse)
-        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan, teacher_sparse)
+        inputs = self._inputs(kernels.flatten_rows(student_logits), vocab, labels, teacher_logits, plan, teacher_sparse,
+                              ce=ce)
         rows = kernels.per_row_loss(self.impl, self.spec, inputs, want_diagnostics=diagnostics)
         return self._output(rows, labels, plan)
 
     def loss_from_hidden(self, hidden: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor,
                          teacher_logits: "Tensor | kernels.TeacherHead | None" = None, *, diagnostics: bool = False,
-                         chunk_size: int | None = None) -> LossOutput:
+                         chunk_size: int | None = None, ce: bool = True) -> LossOutput:
         """The same loss with the student's logits ``hidden @ weight.T + bias`` never materialised
         (:func:`todi.kernels.fused_linear_loss`): ``hidden`` ``[B, L, H]``, ``weight`` ``[V_s, H]``."""
         if self.planner is not None:
@@ -230,7 +234,7 @@ class DistillationLoss:
         vocab = self._kd_vocab(weight.shape[0], teacher_logits)
         h = hidden.reshape(-1, hidden.shape[-1])
         plan = self._plan(None, labels, teacher_logits, None)
-        inputs = self._inputs(h, vocab, labels, teacher_logits, plan, None)
+        inputs = self._inputs(h, vocab, labels, teacher_logits, plan, None, ce=ce)
         rows = kernels.fused_linear_loss(self.impl, self.spec, h, weight, bias, inputs, want_diagnostics=diagnostics,
                                          chunk_size=chunk_size)
         return self._output(rows, labels, plan)
@@ -277,7 +281,7 @@ class DistillationLoss:
         return self.planner.plan(student, teacher, mask, t, labels=labels)
 
     def _inputs(self, student_rows: Tensor, vocab: int, labels: Tensor, teacher_logits: Tensor | None,
-                plan: KDPlan | None, sparse: "kernels.SparseTargets | None") -> "kernels.LossInputs":
+                plan: KDPlan | None, sparse: "kernels.SparseTargets | None", *, ce: bool = True) -> "kernels.LossInputs":
         """The per-row inputs of CE + KD, assembled in this one place for every implementation."""
         shape, device = labels.shape, student_rows.device
         kd_weight: float | Tensor = 0.0
@@ -295,7 +299,7 @@ class DistillationLoss:
             student=student_rows, teacher=teacher, vocab=vocab, labels=labels.reshape(-1), kd_mask=kd_mask,
             temperature=kernels.broadcast_rows(temperature, shape, device),
             kd_weight=kernels.broadcast_rows(kd_weight, shape, device),
-            ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 else 0.0, ignore_index=self.ignore_index,
+            ce_weight=1.0 - self.kd_rate if self.kd_rate < 1.0 and ce else 0.0, ignore_index=self.ignore_index,
             sparse=flat_sparse,
         )
 

@@ -63,6 +63,7 @@ def fused_student_loss(
     *,
     diagnostics: bool = False,
     chunk_size: int | None = None,
+    ce: bool = True,
     **model_kwargs,
 ) -> LossOutput:
     """Run the student and return the criterion's LossOutput without materialising its logits.
@@ -71,7 +72,7 @@ def fused_student_loss(
     attention_mask=..., use_cache=False, **model_kwargs)``; a DeepSpeed engine, a peft model or a
     plain Hugging Face causal LM), with its output layer's forward replaced, for this call only, by
     :meth:`DistillationLoss.loss_from_hidden` on the hidden states it receives. Labels are aligned with the
-    positions (``labels[:, i]`` is the target of position i), as for the criterion.
+    positions (``labels[:, i]`` is the target of position i), as for the criterion; ``ce``: as the criterion's.
     """
     head = output_layer(model)
     captured = {}
@@ -79,6 +80,7 @@ def fused_student_loss(
     def loss_forward(hidden: Tensor) -> Tensor:
         captured["out"] = criterion.loss_from_hidden(
             hidden, head.weight, head.bias, labels, teacher_logits, diagnostics=diagnostics, chunk_size=chunk_size,
+            ce=ce,
         )
         return captured["out"].loss
 

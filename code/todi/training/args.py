@@ -238,6 +238,54 @@ def _adakd_args(parser: argparse.ArgumentParser) -> None:
                    help="per-token difficulty score that ranks tokens (LATF) and sets temperatures (IDTS)")
 
 
+def _onpolicy_args(parser: argparse.ArgumentParser) -> None:
+    """On-policy KD (:mod:`todi.training.onpolicy`): what each step trains on, and how rollouts sample."""
+    g = parser.add_argument_group("on-policy data (KD on the student's own samples)")
+    g.add_argument("--data-mode", choices=("fixed", "gkd", "distillm"), default="fixed",
+                   help="fixed: the dataset's responses; gkd: the student's own responses with probability "
+                        "--student-gen-ratio (GKD); distillm: DistiLLM's adaptive schedule with a replay buffer")
+    g.add_argument("--student-gen-ratio", type=float, default=0.5,
+                   help="gkd: λ, the probability that a step trains on the student's sampled responses")
+    g.add_argument("--seq-kd", action="store_true",
+                   help="gkd: steps that do not sample the student train on the teacher's sampled responses")
+    g.add_argument("--init-threshold", type=float, default=0.0,
+                   help="distillm: the starting threshold τ (the share of steps off the dataset)")
+    g.add_argument("--loss-eps", type=float, default=0.1,
+                   help="distillm: τ grows by 0.1 when a dev loss exceeds the reference by this much")
+    g.add_argument("--replay-capacity", type=int, default=1000,
+                   help="distillm: sampled responses the replay buffer keeps (the oldest go first)")
+    g.add_argument("--rollout-max-new-tokens", type=int, default=None,
+                   help="new tokens a rollout may sample (default: --max-length minus --max-prompt-length; "
+                        "a sequence never exceeds --max-length)")
+    g.add_argument("--rollout-temperature", type=float, default=1.0, help="rollouts' sampling temperature")
+    g.add_argument("--rollout-top-k", type=int, default=0, help="rollouts' top-k (0: the full vocabulary)")
+    g.add_argument("--rollout-top-p", type=float, default=1.0, help="rollouts' nucleus (1.0: off)")
+
+
+def _check_onpolicy(args: argparse.Namespace, fail) -> None:
+    if args.rollout_max_new_tokens is None:
+        args.rollout_max_new_tokens = args.max_length - args.max_prompt_length
+    if args.data_mode == "fixed":
+        return
+    if args.criterion != "various_divergence" or args.kd_rate == 0:
+        fail(f"--data-mode {args.data_mode} trains by KD on sampled responses: it needs --criterion "
+             "various_divergence with --kd-rate > 0")
+    if args.teacher_model_path is None:
+        fail(f"--data-mode {args.data_mode} needs --teacher-model-path: the teacher scores the sampled responses "
+             "(a --teacher-cache only holds the dataset's)")
+    if not 0.0 <= args.student_gen_ratio <= 1.0:
+        fail(f"--student-gen-ratio {args.student_gen_ratio}: must be in [0, 1]")
+    if args.rollout_max_new_tokens < 1:
+        fail(f"--rollout-max-new-tokens {args.rollout_max_new_tokens}: the generation budget must be at least 1 token")
+    if args.rollout_temperature <= 0 or not 0 < args.rollout_top_p <= 1 or args.rollout_top_k < 0:
+        fail("--rollout-temperature must be > 0, --rollout-top-p in (0, 1], --rollout-top-k >= 0")
+    if args.data_mode == "distillm":
+        if not args.do_valid:
+            fail("--data-mode distillm adapts to the dev loss: it needs --do-valid (and dev.jsonl in --data-dir)")
+        if args.replay_capacity < 1 or not 0.0 <= args.init_threshold <= 1.0 or args.loss_eps < 0:
+            fail("--replay-capacity must be >= 1, --init-threshold in [0, 1], --loss-eps >= 0")
+
+
 def _deepspeed_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("DeepSpeed")
     _not_identity(g.add_argument("--deepspeed", action="store_true",
@@ -275,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         formatter_class=DefaultsHelpFormatter,
     )
-    for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _deepspeed_args,
-                _monitor_args, _plugin_args):
+    for add in (_model_args, _runtime_args, _data_args, _hp_args, _generation_args, _adakd_args, _onpolicy_args,
+                _deepspeed_args, _monitor_args, _plugin_args):
         add(parser)
     return parser
 
@@ -344,6 +392,7 @@ def check_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.adakd:
             fail("--adakd needs --criterion various_divergence")
     _check_objective_params(args, fail)
+    _check_onpolicy(args, fail)
     if args.fused_lm_head and (args.adakd or args.kd_impl == "reference"):
         fail("--fused-lm-head works with the memory-efficient kernels only: drop --adakd (it needs the student's "
              "logits) and --kd-impl reference")

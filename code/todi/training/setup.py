@@ -53,8 +53,9 @@ def check_model_paths(args: argparse.Namespace) -> None:
 
 
 def live_teacher(args: argparse.Namespace) -> bool:
-    """Whether a teacher model runs (KD without a teacher cache)."""
-    return uses_teacher(args) and args.teacher_cache is None
+    """Whether a teacher model runs: KD without a teacher cache, or on-policy KD (the teacher scores the
+    sampled responses; a cache serves the dataset's share)."""
+    return uses_teacher(args) and (args.teacher_cache is None or args.data_mode != "fixed")
 
 
 def open_teacher_cache(args: argparse.Namespace, tokenizer):
@@ -245,6 +246,28 @@ def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int 
     criterion = DistillationLoss(args.kd_objective, kd_rate=args.kd_rate, temperature=args.kd_temperature,
                                  impl=args.kd_impl, planner=adakd, vocab_size=vocab_size, **objective_kwargs(args))
     return criterion
+
+
+def build_mixer(args: argparse.Namespace, env: DistEnv, data: TrainingData, total_iters: int, zero_stage: int):
+    """The on-policy data mixer of ``--data-mode gkd|distillm`` (:mod:`todi.training.onpolicy`), or None."""
+    if args.data_mode == "fixed":
+        return None
+    from todi.training.onpolicy import DataMixer, MixerSettings
+
+    if data.collate.teacher_pad_id is not None:
+        raise ValueError(f"--data-mode {args.data_mode}: the teacher must share the student's tokenizer (it scores "
+                         "the student's sampled token ids)")
+    settings = MixerSettings.from_args(args)
+    what = {"gkd": f"student responses with probability {args.student_gen_ratio:g}" +
+                   (", else the teacher's (--seq-kd)" if args.seq_kd else ""),
+            "distillm": f"DistiLLM's adaptive schedule (threshold from {args.init_threshold:g}, loss eps "
+                        f"{args.loss_eps:g}, replay buffer of {args.replay_capacity} samples)"}[args.data_mode]
+    logger.info(f"data mode {args.data_mode}: {what}; rollouts of up to {args.rollout_max_new_tokens} tokens "
+                f"(temperature {args.rollout_temperature:g}, top-k {args.rollout_top_k}, top-p {args.rollout_top_p:g}); "
+                f"KD only on sampled responses (weight {args.kd_rate:g}, no CE)")
+    return DataMixer(settings, seed=args.seed, total_steps=total_iters, env=env, collate=data.eval_collate,
+                     tokenizer=data.tokenizer, max_length=args.max_length, micro_batch=args.batch_size,
+                     grad_accum=args.gradient_accumulation_steps, synced_gpus=zero_stage == 3 and env.world_size > 1)
 
 
 def build_monitor(args: argparse.Namespace, env: DistEnv, save_dir: Path, *, fresh: bool) -> TrainingMonitor:

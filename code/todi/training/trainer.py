@@ -41,7 +41,7 @@ CACHE_TAIL_METRIC = "cache_tail_mass"  # a top-k cache's mean tail mass P_R at i
 
 
 def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logits: Tensor | None,
-                 *, diagnostics: bool = False, fused: bool = False, cache=None, head=None) -> LossOutput:
+                 *, diagnostics: bool = False, fused: bool = False, cache=None, head=None, ce: bool = True) -> LossOutput:
     """Student forward and loss of one micro-batch.
 
     ``fused``: the output layer, CE and KD run chunk by chunk on the final hidden states
@@ -49,6 +49,7 @@ def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logit
     ``cache``: the :class:`todi.cache.store.TeacherCache` whose arrays the batch carries
     (``batch.teacher_targets``), read instead of ``teacher_logits``: top-k targets, or hidden states
     that ``head`` (the cache's output layer, on the device) turns into teacher logits chunk by chunk.
+    ``ce``: False for a batch of sampled responses (on-policy): its CE is left out of the loss.
     """
     sparse = None
     if batch.teacher_targets is not None:
@@ -59,9 +60,9 @@ def student_loss(model, batch: Batch, criterion: DistillationLoss, teacher_logit
             teacher_logits = cached
     if fused:
         return fused_student_loss(model, batch.input_ids, batch.attention_mask, batch.labels, teacher_logits,
-                                  criterion, diagnostics=diagnostics)
+                                  criterion, diagnostics=diagnostics, ce=ce)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    out = criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics)
+    out = criterion(logits, batch.labels, teacher_logits, teacher_sparse=sparse, diagnostics=diagnostics, ce=ce)
     if sparse is not None:  # what the top-k targets leave in their bucket, logged per response token
         tail = sparse.log_probs[..., -1].exp().masked_fill(batch.labels.eq(IGNORE_INDEX), 0.0)
         out.stats.planner[CACHE_TAIL_METRIC] = tail.sum()
@@ -107,6 +108,7 @@ class Trainer:
         self.cache = self.data.collate.teacher_cache
         self.cache_head = models.cache_head
         self.dev = DevEvaluation(args, env, self.ds.zero_stage)
+        self.mixer = setup.build_mixer(args, env, self.data, self.total_iters, self.ds.zero_stage)
 
         self.state = ckpt.TrainerState()
         self.best = ckpt.BestCheckpoints(args.keep_best_n_checkpoints)
@@ -130,6 +132,8 @@ class Trainer:
         extra = {"epoch_sums": self.state_epoch_sums.to_dict()}
         if self.criterion.planner is not None:
             extra["adakd"] = self.criterion.planner.state_dict()
+        if self.mixer is not None:
+            extra["data_mixer"] = self.mixer.state_dict()
         self.run.save(self.engine, self.state, extra)
 
     def _load_state(self) -> None:
@@ -140,6 +144,10 @@ class Trainer:
             if "adakd" not in extra:
                 raise SystemExit(f"{self.run.where} holds no AdaKD state")
             self.criterion.planner.load_state_dict(extra["adakd"])
+        if self.mixer is not None:
+            if "data_mixer" not in extra:
+                raise SystemExit(f"{self.run.where} holds no state of --data-mode {self.args.data_mode}")
+            self.mixer.load_state_dict(extra["data_mixer"])
         self._rng_to_restore = extra["rng"]
 
     # ------------------------------------------------------------------ training
@@ -163,17 +171,29 @@ class Trainer:
 
     def _optimizer_step(self, micro_batches: list[Batch], diagnostics: bool) -> None:
         device = self.env.device
+        generated = False
+        if self.mixer is not None:  # on-policy: this step may train on sampled responses instead
+            kind = self.mixer.kind(self.state.global_step)
+            micro_batches = self.mixer.batches(kind, self.state.global_step, micro_batches,
+                                               student=self.engine.module, teacher=self.teacher)
+            generated = kind != "dataset"
         batches = [b.to(device, non_blocking=True) for b in micro_batches]
         local_tokens = torch.stack([b.labels.ne(IGNORE_INDEX).sum() for b in batches]).sum()
         global_tokens = all_reduce_sum(local_tokens.float())
         scale = loss_scale(global_tokens, self.args.gradient_accumulation_steps, self.env.world_size)
         step_stats = []
         for host_batch, batch in zip(micro_batches, batches):
-            teacher_logits = teacher_forward(self.teacher, batch) if self.teacher is not None else None
+            start = self._clock()
+            # a cached batch carries the teacher's outputs; generated ones (no cache targets) meet the teacher live
+            live = self.teacher is not None and batch.teacher_targets is None
+            teacher_logits = teacher_forward(self.teacher, batch) if live else None
+            middle = self._clock()
             out = student_loss(self.engine, batch, self.criterion, teacher_logits, diagnostics=diagnostics,
-                               cache=self.cache, head=self.cache_head, fused=self.args.fused_lm_head)
+                               cache=self.cache, head=self.cache_head, fused=self.args.fused_lm_head, ce=not generated)
             self.engine.backward(out.loss * scale)
             self.engine.step()
+            if self.mixer is not None:
+                self.mixer.add_times(teacher=middle - start, student=self._clock() - middle)
             self.metrics.add(out)
             self.epoch_metrics.add(out)
             self.metrics.add_batch(host_batch.num_examples, host_batch.num_input_tokens)
@@ -181,6 +201,14 @@ class Trainer:
         self.metrics.add_step()
         if self.criterion.planner is not None:  # LATF moves once per optimizer step, on the step's local sums
             self.criterion.planner.update(sum(s.kd for s in step_stats), sum(s.kd_tokens for s in step_stats))
+
+    def _clock(self) -> float:
+        """Wall time for the on-policy time split (after the device's queued work, on a GPU)."""
+        if self.mixer is None:
+            return 0.0
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        return time.perf_counter()
 
     def _log_interval(self, epoch: int) -> None:
         sums = self.metrics.reduce()
@@ -202,6 +230,8 @@ class Trainer:
             record[name] = value / tokens
         if self.criterion.planner is not None:  # its names carry their prefix (adakd_ratio, adakd_tau_min, ...)
             record.update(self.criterion.planner.log_stats())
+        if self.mixer is not None:  # share of generated steps, rollout lengths and speed, the time split, τ
+            record.update(self.mixer.log_stats())
         record.update({
             "step_time": elapsed / max(sums.steps / self.env.world_size, 1.0), "examples": int(sums.examples),
             "input_tokens": int(sums.input_tokens), "examples_per_s": sums.examples / elapsed,
@@ -233,6 +263,9 @@ class Trainer:
                     f"temperature {args.kd_temperature})" if self.uses_teacher else ""))
         every = f" and every {args.state_interval} steps" if args.state_interval else ""
         logger.info(f"resumable state in {self.run.resume_root}, saved at each epoch end{every}")
+        if self.mixer is not None and self.mixer.needs_reference():  # DistiLLM: the dev loss before training
+            with self._untimed():
+                self.mixer.on_dev_loss(self.evaluate()["loss"])
         while state.epoch < self.num_epochs and state.global_step < self.total_iters:
             epoch = state.epoch
             plan, batches = self._loader(epoch, state.step_in_epoch)
@@ -303,6 +336,8 @@ class Trainer:
         save = (epoch + 1) % args.save_interval == 0 or last
         evaluate = args.do_valid and ((epoch + 1) % args.eval_interval == 0 or save)
         results = self.evaluate() if evaluate else {}
+        if evaluate and self.mixer is not None:
+            self.mixer.on_dev_loss(results["loss"])  # DistiLLM's threshold rule
         if evaluate:
             record = {"epoch": epoch + 1, "step": self.state.global_step, **results}
             logger.info("dev | " + format_record(record))

@@ -222,7 +222,8 @@ def run_entry_point(main: Callable[[], int | None], *, prog: str,
     non-zero keeps the ``error:`` line it printed; any other exception prints its traceback and then
     its one-line summary with where it was raised (code 1). Under torchrun the process also watches for
     the other ranks' failures (:func:`watch_group`). A failing process in a multi-process group leaves
-    through ``os._exit``, so the group's teardown cannot hang it.
+    through ``os._exit``, so the group's teardown cannot hang it; so does every worker of a multi-process
+    torchrun run, after flushing its output (:func:`_exit_promptly`).
     """
     tail = _StderrTail(sys.stderr)
     sys.stderr = tail
@@ -255,17 +256,21 @@ def run_entry_point(main: Callable[[], int | None], *, prog: str,
     finally:
         tail.release()
         sys.stderr = tail.stream
-        if _recorded:
-            _exit_promptly(code)
+        if _recorded or _store is not None:
+            _exit_promptly(code, watched=_store is not None)
 
 
-def _exit_promptly(code) -> None:
+def _exit_promptly(code, *, watched: bool = False) -> None:
+    """Leave without the interpreter's finalization: a failed rank of a larger group (its teardown could
+    wait for the others), and every torchrun worker of a multi-process run (``watched``): finalizing
+    with the watch thread inside the store and DeepSpeed's references to gloo process groups alive
+    can abort a finished run ("terminate called without an active exception", exit code 1)."""
     dist = sys.modules.get("torch.distributed")
     try:
         in_group = dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     except Exception:
         in_group = False
-    if in_group:
+    if in_group or watched:
         sys.stdout.flush()
         sys.stderr.flush()
         import logging

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from todi.generation.sampling import SamplingConfig, _processors, answer_lengths, generate, gumbel_noise, sample_answers
+from todi.generation.sampling import SamplingConfig, logits_processors, answer_lengths, generate, gumbel_noise, sample_answers
 from todi.models import load_model, load_tokenizer
 
 
@@ -35,7 +35,7 @@ def test_sampling_follows_the_warped_distribution(top_k, top_p):
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
     n = 20000
     config = SamplingConfig(top_k=top_k, top_p=top_p, temperature=0.8)
-    procs = _processors(config, seed=7, example_ids=torch.arange(n), prompt_width=4)
+    procs = logits_processors(config, seed=7, example_ids=torch.arange(n), prompt_width=4)
     scores = procs(torch.zeros((n, 4), dtype=torch.long), logits.expand(n, -1).clone())
     freq = torch.bincount(scores.argmax(-1), minlength=6).double() / n
 

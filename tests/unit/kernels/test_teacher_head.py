@@ -100,3 +100,18 @@ def test_a_compared_vocabulary_beyond_the_heads_rows_is_an_error():
     wide = torch.randn(2, 6, V + 10)
     with pytest.raises(ValueError, match=f"exceeds the logits' vocabulary \\(student {V + 10}, teacher {V + 4}\\)"):
         DistillationLoss("ToDi", vocab_size=V + 6)(wide, labels, head)
+
+
+@pytest.mark.parametrize("name", ["ToDi", "adaptive_kl", "ab_divergence"])
+def test_teacher_rows_in_many_chunks_give_the_same_loss(name, monkeypatch):
+    """Chunks of 3 teacher rows (the budget shrunk) on the chunked path and in AdaKD's difficulty."""
+    from todi.kernels import teacher_head
+
+    head, student, labels = make(seed=4)
+    crit = lambda: DistillationLoss(name, kd_rate=0.5, temperature=1.5, vocab_size=V,  # noqa: E731
+                                    planner=AdaKD(10, warmup=0.0, min_ratio=0.5))
+    whole = run(crit(), student, labels, head)
+    monkeypatch.setitem(teacher_head.TEACHER_HEAD_BYTES, "cpu", 4 * (V + 4) * 3)
+    assert teacher_head.teacher_head_rows(12, V + 4, "cpu") == 3
+    assert_same(run(crit(), student, labels, head), whole)
+    assert_same(run(crit(), student, labels, head.materialize()), whole)

@@ -15,13 +15,6 @@ import pytest
 from _training import cli, make_dolly, make_gpt2_pair, read_metrics
 
 
-@pytest.fixture(scope="module")
-def process_group():
-    from todi.util.distributed import init_distributed
-
-    return init_distributed()
-
-
 def minimal_argv(tmp_path, *extra: str) -> list[str]:
     """The smallest command line check_args accepts (no file is opened)."""
     return ["--model-path", "m", "--data-dir", "d", "--save-dir", str(tmp_path / "run"), "--lr", "1e-3",

@@ -12,25 +12,8 @@ import json
 import pytest
 import torch
 
-from _training import cli, first_step_loss, make_dolly, make_gpt2_pair, read_metrics
+from _training import cli, first_step_loss, read_metrics
 from todi.loss.divergence import DIVERGENCES
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    from todi.util.distributed import init_distributed
-
-    return init_distributed()
-
-
-@pytest.fixture(scope="module")
-def pair(shared_dir, tmp_path_factory):
-    return make_gpt2_pair(shared_dir, tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def dolly(shared_dir, tmp_path_factory):
-    return make_dolly(shared_dir, tmp_path_factory.mktemp("dolly"), n_train=16, n_dev=4)
 
 
 def train(argv):

@@ -1,0 +1,74 @@
+"""Rollouts for on-policy distillation: a model's sampled continuations of prompts given as token ids.
+
+The same seeded Gumbel-max sampler as the evaluation's (:mod:`todi.generation.sampling`), so a
+continuation is a pure function of (model, prompt, seed, example id): not of the batch it lands in,
+the number of ranks, or a resume. Training keys ``seed`` on (run seed, optimizer step)
+(:func:`rollout_seed`) and the example id is the record's index in its data file.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from todi.generation.sampling import SamplingConfig, left_pad, logits_processors
+
+__all__ = ["rollout_seed", "sample_continuations"]
+
+_MASK32 = 0xFFFFFFFF
+_STEP_MULTIPLIER = 0x9E3779B1  # spreads consecutive steps over the 32-bit seed space
+
+
+def rollout_seed(run_seed: int, step: int) -> int:
+    """The sampler's seed of optimizer step ``step`` (0-based) of a run seeded ``run_seed``."""
+    return (run_seed * _STEP_MULTIPLIER + step + 1) & _MASK32
+
+
+def _trim(row: Tensor, stop_ids: set[int], budget: int) -> list[int]:
+    """The generated ids up to and including the first stop token, at most ``budget`` of them."""
+    out = []
+    for token in row.tolist()[:budget]:
+        out.append(token)
+        if token in stop_ids:
+            break
+    return out
+
+
+@torch.no_grad()
+def sample_continuations(model, prompts: list[list[int]], example_ids: list[int], config: SamplingConfig, *,
+                         seed: int, pad_id: int, stop_ids: list[int], vocab_size: int, budgets: list[int] | None = None,
+                         synced_gpus: bool = False) -> list[list[int]]:
+    """Sampled continuations of ``prompts`` (token ids, no padding), one generate call for all of them.
+
+    ``budgets``: the most new tokens each may keep (default ``config.max_new_tokens``; the call
+    generates up to the largest); a continuation ends with its first stop token when it has one.
+    ``vocab_size``: the tokenizer's entries (output rows beyond it are never sampled).
+    ``synced_gpus``: keep ranks in lock-step (ZeRO-3, where every forward needs every rank).
+    Returns the continuations' ids, in the order of ``prompts``.
+    """
+    from transformers import GenerationConfig
+
+    if not prompts:
+        return []
+    budgets = budgets or [config.max_new_tokens] * len(prompts)
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    gen_config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max(budgets), min_new_tokens=0,  # the Gumbel processor samples
+        no_repeat_ngram_size=config.no_repeat_ngram_size, repetition_penalty=1.0, eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+    )
+    was_training = model.training
+    model.eval()  # no dropout while sampling (and no draw from the global RNG: exact resume)
+    try:
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=gen_config, synced_gpus=synced_gpus,
+            logits_processor=logits_processors(config, seed, torch.tensor(example_ids, dtype=torch.int64, device=device),
+                                         ids.shape[1], vocab_size=vocab_size),
+        )
+    finally:
+        if was_training:
+            model.train()
+    new = out[:, ids.shape[1]:].cpu()
+    stops = set(stop_ids)
+    return [_trim(row, stops, budget) for row, budget in zip(new, budgets)]

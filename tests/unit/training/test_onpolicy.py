@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from _training import cli, read_metrics
@@ -100,3 +102,33 @@ def test_the_draw_depends_only_on_seed_and_step():
     m = schedule(mode="gkd", ratio=0.5)  # seed 3
     assert [m.kind(s, stored=0) for s in range(20)] == ["student" if step_uniform(3, s, 1) < 0.5 else "dataset"
                                                         for s in range(20)]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--data-mode", "distillm"], "--data-mode distillm adapts to the dev loss: it needs --do-valid"),
+    (["--data-mode", "gkd", "--teacher-cache", "c", "--teacher-model-path", None],  # the cache has no samples' scores
+     "--data-mode gkd needs --teacher-model-path"),
+    (["--data-mode", "gkd", "--kd-rate", "0"], "it needs --criterion various_divergence with --kd-rate > 0"),
+    (["--data-mode", "gkd", "--student-gen-ratio", "-0.1"], "--student-gen-ratio -0.1: must be in [0, 1]"),
+    (["--data-mode", "gkd", "--rollout-top-p", "0"], "--rollout-top-p in (0, 1]"),
+])
+def test_bad_on_policy_settings_are_one_error_line(extra, message, tmp_path):
+    from todi.training.args import parse_args
+
+    argv = [str(a) for a in cli("s", "d", tmp_path, teacher="t", objective="ToDi")]
+    if extra[-1] is None:  # drop a flag of the base command line
+        i = argv.index(extra[-2])
+        argv, extra = argv[:i] + argv[i + 2:], extra[:-2]
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        parse_args(argv + extra)
+
+
+def test_on_policy_needs_the_students_tokenizer_in_the_teacher():
+    from types import SimpleNamespace
+
+    from todi.training.setup import build_mixer
+
+    args = SimpleNamespace(data_mode="gkd")
+    data = SimpleNamespace(collate=SimpleNamespace(teacher_pad_id=2))
+    with pytest.raises(ValueError, match="the teacher must share the student's tokenizer"):
+        build_mixer(args, None, data, 10, 1)

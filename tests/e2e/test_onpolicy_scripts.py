@@ -71,7 +71,7 @@ def test_gkd_rollouts_and_losses_do_not_depend_on_the_rank_count(setup):
 def test_distillm_paused_and_rerun_is_the_uninterrupted_run(setup):
     from todi.models import load_model
 
-    mode = {"DATA_MODE": "distillm", "INIT_THRESHOLD": "1.0", "REPLAY_CAPACITY": "4"}  # generate, then replay
+    mode = {"DATA_MODE": "distillm", "INIT_THRESHOLD": "1.0", "REPLAY_CAPACITY": "8"}  # generate, then replay
     run(setup, "distillm", script="distillm_gpt2_base.sh", **mode)
     first = run(setup, "distillm_paused", script="distillm_gpt2_base.sh", code=PAUSED_EXIT_CODE,
                 extra="--stop-after-iters 3", **mode)
@@ -80,7 +80,7 @@ def test_distillm_paused_and_rerun_is_the_uninterrupted_run(setup):
     full, resumed = read_metrics(setup[0] / "distillm"), read_metrics(setup[0] / "distillm_paused")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bit for bit
     assert [r["replay_size"] for r in resumed] == [r["replay_size"] for r in full]
-    assert full[-1]["replay_size"] == 4 and any(r.get("gen_s") == 0 and r["gen_share"] == 1 for r in full)  # replays
+    assert full[-1]["replay_size"] == 8 and any(r.get("gen_s") == 0 and r["gen_share"] == 1 for r in full)  # replays
     ckpt = lambda d: sorted(p for p in (setup[0] / d).iterdir() if p.name.startswith("epoch"))[-1]  # noqa: E731
     for (name, pa), (_, pb) in zip(load_model(ckpt("distillm")).named_parameters(),
                                    load_model(ckpt("distillm_paused")).named_parameters()):

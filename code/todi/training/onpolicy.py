@@ -174,13 +174,14 @@ class DataMixer:
         self.buffer.extend(sorted(mine, key=lambda item: item[0]))
 
     def _replayed(self, step: int) -> list[Batch]:
-        """A global batch of stored samples (drawn the same on every rank); this rank's share, in micro-batches."""
-        n = min(self.micro_batch * self.grad_accum * self.env.world_size, len(self.buffer))
+        """A global batch of stored samples (drawn the same on every rank; a replay happens only with a full
+        buffer, at least a global batch: :func:`todi.training.setup.build_mixer`); this rank's share, as
+        ``grad_accum`` micro-batches of ``micro_batch`` samples."""
         rng = random.Random(int(step_uniform(self.seed, step, _REPLAY_SALT) * 2**52))
-        chosen = sorted(rng.sample(range(len(self.buffer)), n))
+        chosen = sorted(rng.sample(range(len(self.buffer)), self.micro_batch * self.grad_accum * self.env.world_size))
         items = [self.buffer[i] for i in chosen][self.env.rank :: self.env.world_size]
         examples = [TokenizedExample(ids.tolist(), prompt_len, None, index) for index, prompt_len, ids in items]
-        size = -(-len(examples) // self.grad_accum)
+        size = self.micro_batch
         return [self.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
 
     # ---- logging and resume --------------------------------------------------------------------

@@ -257,6 +257,10 @@ def build_mixer(args: argparse.Namespace, env: DistEnv, data: TrainingData, tota
     if data.collate.teacher_pad_id is not None:
         raise ValueError(f"--data-mode {args.data_mode}: the teacher must share the student's tokenizer (it scores "
                          "the student's sampled token ids)")
+    global_batch = args.batch_size * args.gradient_accumulation_steps * env.world_size
+    if args.data_mode == "distillm" and args.replay_capacity < global_batch:
+        raise ValueError(f"--replay-capacity {args.replay_capacity} is less than a global batch ({global_batch} = "
+                         "batch size × gradient accumulation × processes): a replayed step draws a whole global batch")
     settings = MixerSettings.from_args(args)
     what = {"gkd": f"student responses with probability {args.student_gen_ratio:g}" +
                    (", else the teacher's (--seq-kd)" if args.seq_kd else ""),

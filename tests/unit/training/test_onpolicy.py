@@ -132,3 +132,29 @@ def test_on_policy_needs_the_students_tokenizer_in_the_teacher():
     data = SimpleNamespace(collate=SimpleNamespace(teacher_pad_id=2))
     with pytest.raises(ValueError, match="the teacher must share the student's tokenizer"):
         build_mixer(args, None, data, 10, 1)
+    args = SimpleNamespace(data_mode="distillm", batch_size=4, gradient_accumulation_steps=2, replay_capacity=10)
+    with pytest.raises(ValueError, match=r"--replay-capacity 10 is less than a global batch \(16 = "):
+        build_mixer(args, SimpleNamespace(world_size=2), SimpleNamespace(collate=SimpleNamespace(teacher_pad_id=None)),
+                    10, 1)
+
+
+def test_seq_kd_trains_on_the_teachers_samples(process_group, pair, dolly, tmp_path, monkeypatch):
+    from todi.generation import rollout
+    from todi.training import onpolicy
+    from todi.training.cli import main
+
+    widths, real_sample = [], rollout.sample_continuations
+
+    def record(model, *args, **kw):
+        widths.append(model.config.n_embd)
+        return real_sample(model, *args, **kw)
+
+    monkeypatch.setattr(onpolicy, "sample_continuations", record)
+    student, teacher = pair
+    main([str(a) for a in cli(student, dolly, tmp_path / "run", teacher=teacher, objective="ToDi", total_iters=2,
+                              max_length=60, data_mode="gkd", student_gen_ratio=0.0, seq_kd=True,
+                              rollout_max_new_tokens=4)])
+    from todi.models import load_model
+
+    assert [r["gen_share"] for r in read_metrics(tmp_path / "run")] == [1.0, 1.0]
+    assert set(widths) == {load_model(teacher).config.n_embd} != {load_model(student).config.n_embd}

@@ -265,7 +265,9 @@ class Trainer:
         logger.info(f"resumable state in {self.run.resume_root}, saved at each epoch end{every}")
         if self.mixer is not None and self.mixer.needs_reference():  # DistiLLM: the dev loss before training
             with self._untimed():
-                self.mixer.on_dev_loss(self.evaluate()["loss"])
+                results = self.evaluate()
+            logger.info("dev before training (the reference of --data-mode distillm) | " + format_record(results))
+            self.mixer.on_dev_loss(results["loss"])
         while state.epoch < self.num_epochs and state.global_step < self.total_iters:
             epoch = state.epoch
             plan, batches = self._loader(epoch, state.step_in_epoch)
@@ -329,7 +331,6 @@ class Trainer:
                    "ce": sums.ce / tokens}
         if sums.kd is not None:
             summary["kd"] = sums.kd / max(sums.kd_tokens, 1.0)
-        logger.info("train epoch | " + format_record(summary))
         self.log_file.write({"split": "train_epoch", **summary})
         self.monitor.write("epoch", summary, self.state.global_step)
 
@@ -338,11 +339,13 @@ class Trainer:
         results = self.evaluate() if evaluate else {}
         if evaluate and self.mixer is not None:
             self.mixer.on_dev_loss(results["loss"])  # DistiLLM's threshold rule
+        line = "train epoch | " + format_record(summary)  # one line per epoch: its train means and dev results
         if evaluate:
             record = {"epoch": epoch + 1, "step": self.state.global_step, **results}
-            logger.info("dev | " + format_record(record))
+            line += " || dev | " + format_record(results)
             self.log_file.write({"split": "dev", **record})
             self.monitor.write("dev", results, self.state.global_step)
+        logger.info(line)
         if save:
             self._save_checkpoint(epoch, results)
         if last:

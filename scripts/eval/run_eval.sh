@@ -2,7 +2,8 @@
 # Evaluate one checkpoint the papers' way: 5 sampling seeds x Dolly, SelfInst, Vicuna, S-NI, UnNI.
 #   bash scripts/eval/run_eval.sh CKPT [BATCH]
 # Results: ${EVAL_OUT}/<set>/seed<seed>/{answers.jsonl,metrics.json}; then `python code/report.py DIR`.
-# Every setting (below, and the protocol's in eval_sets.sh) can be set from the environment, e.g. GPUS= NPROC=2.
+# Every setting (below, and the protocol's in eval_sets.sh) can be set from the environment, e.g. GPUS= NPROC=2,
+# or BACKEND=vllm (the same answers, token-identical in fp32, at vLLM's speed; docs/evaluation.md).
 set -euo pipefail
 
 CKPT=${1:?usage: bash scripts/eval/run_eval.sh CKPT [BATCH]}

@@ -2,7 +2,8 @@
 # Evaluate a LoRA adapter (merged into its base model) the papers' way: 5 seeds x the 5 sets.
 #   bash scripts/eval/run_eval_lora.sh ADAPTER [BATCH]
 # MODEL_PATH: the base model (default: base_model_name_or_path in ADAPTER/adapter_config.json).
-# Results: ${EVAL_OUT}/<set>/seed<seed>/{answers.jsonl,metrics.json}; the protocol's settings: eval_sets.sh.
+# Results: ${EVAL_OUT}/<set>/seed<seed>/{answers.jsonl,metrics.json}; the protocol's settings: eval_sets.sh
+# (BACKEND=vllm: the adapter merged into its base in a temporary folder, then vLLM; the same answers in fp32).
 set -euo pipefail
 
 ADAPTER=${1:?usage: bash scripts/eval/run_eval_lora.sh ADAPTER [BATCH]}

@@ -5,7 +5,8 @@
         --seed 10 20 30 40 50 --save-dir CKPT/eval
 
 writes ``<save-dir>/<name>/seed<seed>/answers.jsonl`` and ``metrics.json`` for every set and seed.
-``scripts/eval/run_eval.sh`` and ``run_eval_lora.sh`` run the papers' protocol.
+``scripts/eval/run_eval.sh`` and ``run_eval_lora.sh`` run the papers' protocol. ``--backend vllm``
+gives the same answers (token-identical in fp32) at vLLM's speed: every (set, seed) in one engine call.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from todi.util.failures import fail
 from todi.util.ds_config import PRECISIONS
 from todi.evaluation.results import PAPER_SETS
 from todi.evaluation.sets import EvalSet, base_model_of_adapter, check_model_dir, evaluate_sets
+from todi.generation.backends import BACKENDS, check_backend
+from todi.generation.engine import engine_class
 from todi.generation.sampling import SamplingConfig
-from todi.models import load_model, load_tokenizer
+from todi.generation.vllm_engine import DEFAULT_MEMORY_SHARE
+from todi.models import load_tokenizer
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -42,12 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one or more set directories, each holding valid.jsonl (prompt, output); required")
     g.add_argument("--data-names", nargs="+",
                    help="the sets' names, used as output sub-folders (default: each directory's name)")
-    g.add_argument("--data-num", "--dev-num", type=int, default=-1, dest="data_num",
-                   help="evaluate only the first N examples of each set (-1: all; UnNI uses 10000)")
+    g.add_argument("--data-num", "--dev-num", type=int, nargs="+", default=[-1], dest="data_num",
+                   help="evaluate only the first N examples of each set (-1: all; UnNI uses 10000): one value "
+                        "for every set, or one per --data-dir")
     g = p.add_argument_group("generation")
     g.add_argument("--seed", "--seeds", type=int, nargs="+", default=[10, 20, 30, 40, 50], dest="seeds",
                    help="sampling seeds, one result per seed")
-    g.add_argument("--eval-batch-size", type=int, default=32, help="prompts per generate() call and rank")
+    g.add_argument("--backend", choices=BACKENDS, default="hf",
+                   help="generation engine: hf (the seeded Hugging Face sampler, the reference; default) or "
+                        "vllm (the same answers, token-identical in fp32; every set and seed in one engine call; "
+                        "needs pip install -e '.[vllm]')")
+    g.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_MEMORY_SHARE,
+                   help="vllm: the share of the device memory the engine may take for weights and KV cache "
+                        "(default %(default)s; on CPU builds VLLM_CPU_KVCACHE_SPACE=GiB sizes the cache instead)")
+    g.add_argument("--eval-batch-size", type=int, default=32,
+                   help="hf: prompts per generate() call and rank (vllm batches on its own)")
     g.add_argument("--max-length", type=int, default=512, help="prompt budget + answer budget, in tokens")
     g.add_argument("--max-prompt-length", type=int, default=256,
                    help="longer prompts keep their last tokens; answers get max-length - max-prompt-length tokens")
@@ -83,8 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.data_names = [d.name for d in args.data_dir]
     if len(args.data_names) != len(args.data_dir):
         p.error(f"{len(args.data_dir)} --data-dir but {len(args.data_names)} --data-names")
-    if args.data_num == 0 or args.data_num < -1:
+    if any(n == 0 or n < -1 for n in args.data_num):
         p.error("--data-num must be a positive number of examples, or -1 for all")
+    if len(args.data_num) not in (1, len(args.data_dir)):
+        p.error(f"{len(args.data_dir)} --data-dir but {len(args.data_num)} --data-num (give one, or one per set)")
+    if not 0 < args.gpu_memory_utilization <= 1:
+        p.error(f"--gpu-memory-utilization {args.gpu_memory_utilization}: expected a share in (0, 1]")
     if args.eval_batch_size < 1:
         p.error("--eval-batch-size must be at least 1")
     return args
@@ -106,6 +123,7 @@ def evaluate(args: argparse.Namespace) -> None:
         no_repeat_ngram_size=args.no_repeat_ngram_size, max_length=args.max_length,
         max_prompt_length=args.max_prompt_length,
     )
+    check_backend(args.backend, "--backend")  # before any loading: a missing vLLM is one error line
     model_path = check_model(args)
     sets = [EvalSet(name, d / "valid.jsonl") for name, d in zip(args.data_names, args.data_dir)]
     for s in sets:
@@ -126,18 +144,24 @@ def _evaluate_loaded(args: argparse.Namespace, model_path: Path, sets: list[Eval
     # the adapter directory's tokenizer if it saved one (it may add tokens), else the model's
     tokenizer_dir = args.peft_path if args.peft_path and (args.peft_path / "tokenizer_config.json").is_file() else model_path
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = load_model(model_path, dtype=dtype, adapter_path=args.peft_path, merge_adapter=True, device=device)
     info = {
         "model_path": str(model_path),
         "adapter_path": str(args.peft_path) if args.peft_path else None,
         "dtype": str(dtype).removeprefix("torch."),
+        "backend": args.backend,
     }
     log = print if rank == 0 else (lambda *a, **k: None)
     log(f"evaluating {model_path}{' + ' + str(args.peft_path) if args.peft_path else ''} ({info['dtype']}, "
-        f"{world_size} rank(s) on {device.type}) on {', '.join(s.name for s in sets)} with seeds {args.seeds}")
+        f"{world_size} rank(s) on {device.type}, {args.backend}) on {', '.join(s.name for s in sets)} "
+        f"with seeds {args.seeds}")
+    engine = engine_class(args.backend).from_checkpoint(
+        model_path, tokenizer, config, dtype=dtype, device=device, adapter_path=args.peft_path,
+        batch_size=args.eval_batch_size, memory_share=args.gpu_memory_utilization,
+    )
     evaluate_sets(
-        model, tokenizer, sets, args.seeds, args.save_dir, config, batch_size=args.eval_batch_size,
-        data_num=args.data_num, rank=rank, world_size=world_size, info=info, log=log,
+        engine, sets, args.seeds, args.save_dir, config, batch_size=args.eval_batch_size,
+        data_num=args.data_num if len(args.data_num) > 1 else args.data_num[0], rank=rank,
+        world_size=world_size, info=info, log=log,
     )
 
 

@@ -1,5 +1,8 @@
 """Dev evaluation during training: the student's CE and token accuracy on the dev split, then
-ROUGE-L of sampled answers with the generation flags (the same code path as the test evaluation)."""
+ROUGE-L of sampled answers with the generation flags (the same code path as the test evaluation),
+drawn by the HF sampler on the training model or (``--dev-gen-backend vllm``) by a vLLM engine
+colocated on each rank that receives the training weights first (:mod:`todi.evaluation.colocated`):
+the same answers in fp32, hence the same keep-best decisions."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from todi.loss.criterion import cross_entropy_sum
 from todi.data.instructions import Split
 from todi.util.distributed import DistEnv, all_reduce_sum
 from todi.util.labels import IGNORE_INDEX
+from todi.generation.backends import check_backend
 
 __all__ = ["DevEvaluation", "sampling_config"]
 
@@ -22,6 +26,10 @@ class DevEvaluation:
 
     def __init__(self, args: argparse.Namespace, env: DistEnv, zero_stage: int):
         self.args, self.env, self.zero_stage = args, env, zero_stage
+        self.backend = getattr(args, "dev_gen_backend", "hf")
+        if args.eval_gen:
+            check_backend(self.backend, "--dev-gen-backend")  # a missing vLLM: one error line, before training
+        self.colocated = None  # the vLLM engine, started at the first dev evaluation
 
     @torch.no_grad()
     def evaluate(self, model, data: Split, collate, tokenizer) -> dict:
@@ -48,23 +56,40 @@ class DevEvaluation:
         ce, correct, tokens = all_reduce_sum(sums).tolist()
         results = {"loss": ce / max(tokens, 1.0), "acc": correct / max(tokens, 1.0)}
         if args.eval_gen:
-            from todi.generation.sampling import generate
-            from todi.evaluation.rouge import compute_metrics
-
-            config = sampling_config(args, dev=True)
-            runs = []
-            for r in range(args.eval_gen_repeat_times):
-                predictions = generate(
-                    model, tokenizer, data.prompts, config, seed=args.seed + r,
-                    batch_size=args.eval_batch_size, rank=env.rank, world_size=env.world_size,
-                    synced_gpus=self.zero_stage == 3, progress=args.eval_tqdm,
-                )
-                runs.append(compute_metrics(predictions, data.references))
+            runs = self._rouge(model, data, tokenizer)
             for key in runs[0]:
                 results[key] = round(sum(run[key] for run in runs) / len(runs), 4)
         if was_training:
             model.train()
         return results
+
+    def _rouge(self, model, data: Split, tokenizer) -> list[dict]:
+        """The metrics of each seed's sampled answers (seeds SEED, SEED+1, ...)."""
+        from todi.evaluation.rouge import compute_metrics
+        from todi.generation.sampling import SamplingJob
+
+        args, env = self.args, self.env
+        config = sampling_config(args, dev=True)
+        jobs = [SamplingJob(data.prompts, args.seed + r) for r in range(args.eval_gen_repeat_times)]
+        engine = self._engine(model, tokenizer, config)
+        try:
+            answered = engine.answer(jobs, config, rank=env.rank, world_size=env.world_size, progress=args.eval_tqdm)
+            return [compute_metrics(answers.texts, data.references) for answers in answered]
+        finally:
+            if self.colocated is not None:
+                self.colocated.release()
+
+    def _engine(self, model, tokenizer, config):
+        """The HF sampler on the training model, or the colocated vLLM engine holding its weights."""
+        if self.backend == "hf":
+            from todi.generation.engine import HFEngine
+
+            return HFEngine(model, tokenizer, batch_size=self.args.eval_batch_size, synced_gpus=self.zero_stage == 3)
+        if self.colocated is None:
+            from todi.evaluation.colocated import ColocatedEngine
+
+            self.colocated = ColocatedEngine(tokenizer, config)
+        return self.colocated.synced(model, self.zero_stage)
 
 
 

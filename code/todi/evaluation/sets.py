@@ -1,20 +1,21 @@
 """Generation evaluation of one checkpoint: sets × seeds → answers, scores and result files.
 
-Every rank runs :func:`evaluate_sets` with the same arguments; :func:`todi.generation.sampling.generate`
-splits the examples between ranks and hands every rank all answers, and rank 0 scores them and
-writes ``<out_dir>/<set>/seed<seed>/{answers.jsonl,metrics.json}`` (see :mod:`todi.evaluation.results`).
+Every rank runs :func:`evaluate_sets` with the same arguments; the generation engine
+(:mod:`todi.generation.engine`: the HF sampler, or vLLM with every (set, seed) in one call) splits the
+examples between ranks and hands every rank all answers, and rank 0 scores them and writes
+``<out_dir>/<set>/seed<seed>/{answers.jsonl,metrics.json}`` (see :mod:`todi.evaluation.results`).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from todi.data.instructions import DataError, read_jsonl
-from todi.generation.sampling import SamplingConfig, sample_answers
+from todi.generation.engine import GenerationEngine, SamplingJob
+from todi.generation.sampling import SamplingConfig
 from todi.evaluation.rouge import compute_metrics
 from todi.evaluation.results import CHECKPOINT_NAME, check_set_name, write_result
 
@@ -102,15 +103,14 @@ def check_model_dir(path: str | Path, kind: str = "model", flag: str = "--model-
 
 
 def evaluate_sets(
-    model,
-    tokenizer,
+    engine: GenerationEngine,
     sets: Sequence[EvalSet],
     seeds: Sequence[int],
     out_dir: str | Path,
     config: SamplingConfig = SamplingConfig(),
     *,
     batch_size: int = 32,
-    data_num: int = -1,
+    data_num: int | Sequence[int] = -1,
     rank: int = 0,
     world_size: int = 1,
     info: dict | None = None,
@@ -118,41 +118,51 @@ def evaluate_sets(
 ) -> list[dict]:
     """Generate, score and write every (set, seed); returns the metrics records (rank 0; others get []).
 
-    ``info`` (e.g. model paths, dtype) is stored in each metrics.json next to the scores and the
-    sampling settings. Only rank 0 writes files and logs.
+    Every (set, seed) goes to ``engine`` as one job of a single call (an engine that batches across
+    jobs, vLLM, sees them all at once; the HF one answers them in turn). ``data_num``: one cap for
+    every set, or one per set. ``info`` (e.g. model paths, dtype) is stored in each metrics.json next
+    to the scores and the sampling settings. Only rank 0 writes files and logs.
     """
-    records = []
-    for eval_set in sets:
-        prompts, references = load_eval_set(eval_set.path, data_num)
+    caps = [data_num] * len(sets) if isinstance(data_num, int) else list(data_num)
+    if len(caps) != len(sets):
+        raise ValueError(f"{len(caps)} example caps (--data-num) for {len(sets)} sets")
+    loaded = []
+    for eval_set, cap in zip(sets, caps):
+        prompts, references = load_eval_set(eval_set.path, cap)
         if not prompts:
-            raise DataError(f"{eval_set.path}: no examples to evaluate (data_num={data_num})")
-        for seed in seeds:
-            start = time.perf_counter()
-            answers = sample_answers(
-                model, tokenizer, prompts, config, seed=seed, batch_size=batch_size,
-                rank=rank, world_size=world_size, progress=rank == 0,
-            )
-            predictions, lengths = answers.texts, answers.new_tokens
-            seconds = time.perf_counter() - start
-            if rank != 0:
-                continue
-            scores = compute_metrics(predictions, references)
-            record = {
-                **scores,
-                "num_examples": len(prompts),
-                "avg_answer_tokens": round(sum(lengths) / len(lengths), 2),
-                "generation_seconds": round(seconds, 2),
-                "examples_per_second": round(len(prompts) / seconds, 3) if seconds > 0 else None,
-                "data_file": str(eval_set.path),
-                "batch_size": batch_size,
-                "world_size": world_size,
-                "sampling": asdict(config),
-                **(info or {}),
-            }
-            where = write_result(out_dir, eval_set.name, seed, prompts, references, predictions, record)
-            records.append({"set": eval_set.name, "seed": seed, **record})
-            log(
-                f"{eval_set.name} seed {seed}: rougeL {scores['rougeL']:.4f}  exact_match {scores['exact_match']:.4f}  "
-                f"({len(prompts)} examples, {record['avg_answer_tokens']} tokens/answer, {seconds:.1f} s) -> {where}"
-            )
+            raise DataError(f"{eval_set.path}: no examples to evaluate (data_num={cap})")
+        loaded += [(eval_set, references, SamplingJob(prompts, seed)) for seed in seeds]
+    answered = engine.answer([job for _, _, job in loaded], config, rank=rank, world_size=world_size,
+                             progress=rank == 0)
+    records = []
+    for (eval_set, references, job), answers in zip(loaded, answered):
+        if rank != 0:
+            continue
+        records.append(_write_scores(eval_set, job, references, answers, out_dir, config, batch_size,
+                                     world_size, info, log))
     return records
+
+
+def _write_scores(eval_set: EvalSet, job: SamplingJob, references: list[list[str]], answers, out_dir,
+                  config: SamplingConfig, batch_size: int, world_size: int, info: dict | None, log) -> dict:
+    """Score one (set, seed), write its files, log a line; the metrics record."""
+    prompts, predictions, lengths, seconds = job.prompts, answers.texts, answers.new_tokens, answers.seconds
+    scores = compute_metrics(predictions, references)
+    record = {
+        **scores,
+        "num_examples": len(prompts),
+        "avg_answer_tokens": round(sum(lengths) / len(lengths), 2),
+        "generation_seconds": round(seconds, 2),
+        "examples_per_second": round(len(prompts) / seconds, 3) if seconds > 0 else None,
+        "data_file": str(eval_set.path),
+        "batch_size": batch_size,
+        "world_size": world_size,
+        "sampling": asdict(config),
+        **(info or {}),
+    }
+    where = write_result(out_dir, eval_set.name, job.seed, prompts, references, predictions, record)
+    log(
+        f"{eval_set.name} seed {job.seed}: rougeL {scores['rougeL']:.4f}  exact_match {scores['exact_match']:.4f}  "
+        f"({len(prompts)} examples, {record['avg_answer_tokens']} tokens/answer, {seconds:.1f} s) -> {where}"
+    )
+    return {"set": eval_set.name, "seed": job.seed, **record}

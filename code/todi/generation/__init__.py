@@ -1,1 +1,1 @@
-"""Sampling answers: the seeded HF sampler (the reference)."""
+"""Sampling answers behind one engine interface: the seeded HF sampler (the reference), vLLM."""

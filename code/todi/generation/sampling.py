@@ -33,8 +33,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Answers", "SamplingConfig", "answer_lengths", "generate", "gumbel_noise", "left_pad", "logits_processors",
-           "sample_answers"]
+__all__ = [
+    "Answers", "SamplingConfig", "SamplingJob", "answer_lengths", "encode_prompts", "generate", "gumbel_noise",
+    "left_pad", "logits_processors", "sample_answers", "warpers",
+]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -74,16 +76,21 @@ def _mix32(x: Tensor) -> Tensor:
     return x ^ (x >> 15)
 
 
-def gumbel_noise(seed: int, example_ids: Tensor, step: int, vocab_size: int) -> Tensor:
+def gumbel_noise(seed: int | Tensor, example_ids: Tensor, step: int | Tensor, vocab_size: int) -> Tensor:
     """Standard Gumbel noise ``[len(example_ids), vocab_size]`` (float32), a pure function of its inputs.
 
     Each row gets a 32-bit key from (seed, example id, step); entry ``v`` of a row is one more hash
     round of ``key ^ (v · golden ratio)``, whose top 24 bits give a uniform in (0, 1) exactly
     representable in float32 (one hash round per entry keeps this cheap next to the model on CPU).
+    ``seed`` and ``step`` are one value for all rows or one per row (``[len(example_ids)]``, as the
+    vLLM engine's batches mix requests of several seeds and lengths).
     """
     device = example_ids.device
-    key = _mix32(torch.full_like(example_ids, seed & _MASK32) ^ _mix32(example_ids.to(torch.int64) + 0x9E3779B9))
-    key = _mix32(key ^ _mix32(torch.full_like(key, step) + 0x85EBCA6B))
+    example_ids = example_ids.to(torch.int64)
+    seeds = torch.as_tensor(seed, dtype=torch.int64, device=device).expand_as(example_ids)
+    steps = torch.as_tensor(step, dtype=torch.int64, device=device).expand_as(example_ids)
+    key = _mix32((seeds & _MASK32) ^ _mix32(example_ids + 0x9E3779B9))
+    key = _mix32(key ^ _mix32(steps + 0x85EBCA6B))
     weyl = (torch.arange(vocab_size, device=device, dtype=torch.int64) * 0x9E3779B1) & _MASK32
     bits = _mix32(key.unsqueeze(1) ^ weyl.unsqueeze(0))
     uniform = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)  # in (0, 1)
@@ -123,24 +130,34 @@ def logits_processors(config: SamplingConfig, seed: int, example_ids: Tensor, pr
                 vocab_size: int | None = None):
     """The logits processors: the padding-row mask (``vocab_size`` = len(tokenizer)) first, then the
     sampling warpers and the Gumbel sampler."""
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    from transformers import LogitsProcessorList
 
     procs = LogitsProcessorList()
     if vocab_size is not None:
         procs.append(_VocabularyMask(vocab_size))
     if not config.do_sample:
         return procs
-    if config.temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(config.temperature))
-    if config.top_k > 0:
-        procs.append(TopKLogitsWarper(config.top_k))
-    if config.top_p < 1.0:
-        procs.append(TopPLogitsWarper(config.top_p))
+    procs.extend(warpers(config))
     procs.append(_GumbelSampler(seed, example_ids, prompt_width))
     return procs
 
 
-def _encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
+def warpers(config: SamplingConfig) -> list:
+    """The sampling warpers in the order they apply (temperature, top-k, top-p): Hugging Face's own,
+    each a function of the scores only; shared with the vLLM engine so that both warp alike."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    found = []
+    if config.temperature != 1.0:
+        found.append(TemperatureLogitsWarper(config.temperature))
+    if config.top_k > 0:
+        found.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        found.append(TopPLogitsWarper(config.top_p))
+    return found
+
+
+def encode_prompts(tokenizer, prompts: list[str], max_prompt_length: int) -> list[list[int]]:
     """Token ids of each prompt (no special tokens, as the official code and training data), keeping
     its last ``max_prompt_length`` tokens (the end with the "### Response:" cue), after the family's
     prompt prefix (Gemma's ``<bos>``, :func:`todi.models.prompt_prefix_ids`)."""
@@ -167,13 +184,23 @@ def left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tenso
 
 
 @dataclass(frozen=True)
+class SamplingJob:
+    """Prompts to answer with one seed; example ids are the prompts' indices in ``prompts``."""
+
+    prompts: list[str]
+    seed: int
+
+
+@dataclass(frozen=True)
 class Answers:
     """Sampled answers in dataset order: ``texts`` (decoded, stripped) and ``new_tokens``, the tokens each
     answer generated before its stop token (at most ``max_new_tokens``; re-tokenising the decoded text
-    can give another count, since decoding is not invertible for byte-level tokenizers)."""
+    can give another count, since decoding is not invertible for byte-level tokenizers). ``seconds``:
+    the generation time, where an engine (:mod:`todi.generation.engine`) measured it."""
 
     texts: list[str]
     new_tokens: list[int]
+    seconds: float | None = None
 
 
 def answer_lengths(generated: Tensor, stop_ids: list[int]) -> list[int]:
@@ -218,7 +245,7 @@ def sample_answers(
     if not prompts:
         return Answers([], [])
     device = next(model.parameters()).device
-    encoded = _encode_prompts(tokenizer, prompts, config.max_prompt_length)
+    encoded = encode_prompts(tokenizer, prompts, config.max_prompt_length)
     # Longest first: similar lengths share a batch (little padding) and memory peaks early.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     mine = order[rank::world_size]

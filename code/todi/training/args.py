@@ -215,6 +215,10 @@ def _generation_args(parser: argparse.ArgumentParser) -> None:
     add("--dev-no-repeat-ngram-size", type=int, default=None,
                    help="override --no-repeat-ngram-size for dev generation only (the official code used 0 "
                         "there); default: the same as the test")
+    add("--dev-gen-backend", choices=["hf", "vllm"], default="hf",
+        help="engine of dev generation: hf (the seeded HF sampler on the training model) or vllm (a vLLM engine "
+             "on each rank that receives the training weights first; the same answers in fp32; needs "
+             "pip install -e '.[vllm]')")
     add("--eval-gen-repeat-times", type=int, default=3,
                    help="dev ROUGE-L is the mean over this many samplings (seeds SEED, SEED+1, ...)")
 

@@ -9,9 +9,10 @@ the number of ranks, or a resume. Training keys ``seed`` on (run seed, optimizer
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
-from todi.generation.sampling import SamplingConfig, left_pad, logits_processors
+from todi.generation.sampling import (
+    SamplingConfig, answer_lengths, left_pad, logits_processors, pinned_generation_config,
+)
 
 __all__ = ["rollout_seed", "sample_continuations"]
 
@@ -22,16 +23,6 @@ _STEP_MULTIPLIER = 0x9E3779B1  # spreads consecutive steps over the 32-bit seed 
 def rollout_seed(run_seed: int, step: int) -> int:
     """The sampler's seed of optimizer step ``step`` (0-based) of a run seeded ``run_seed``."""
     return (run_seed * _STEP_MULTIPLIER + step + 1) & _MASK32
-
-
-def _trim(row: Tensor, stop_ids: set[int], budget: int) -> list[int]:
-    """The generated ids up to and including the first stop token, at most ``budget`` of them."""
-    out = []
-    for token in row.tolist()[:budget]:
-        out.append(token)
-        if token in stop_ids:
-            break
-    return out
 
 
 @torch.no_grad()
@@ -46,18 +37,12 @@ def sample_continuations(model, prompts: list[list[int]], example_ids: list[int]
     ``synced_gpus``: keep ranks in lock-step (ZeRO-3, where every forward needs every rank).
     Returns the continuations' ids, in the order of ``prompts``.
     """
-    from transformers import GenerationConfig
-
     if not prompts:
         return []
     budgets = budgets or [config.max_new_tokens] * len(prompts)
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
-    gen_config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max(budgets), min_new_tokens=0,  # the Gumbel processor samples
-        no_repeat_ngram_size=config.no_repeat_ngram_size, repetition_penalty=1.0, eos_token_id=stop_ids,
-        pad_token_id=pad_id,
-    )
+    gen_config = pinned_generation_config(config, max(budgets), stop_ids, pad_id)
     was_training = model.training
     model.eval()  # no dropout while sampling (and no draw from the global RNG: exact resume)
     try:
@@ -70,5 +55,6 @@ def sample_continuations(model, prompts: list[list[int]], example_ids: list[int]
         if was_training:
             model.train()
     new = out[:, ids.shape[1]:].cpu()
-    stops = set(stop_ids)
-    return [_trim(row, stops, budget) for row, budget in zip(new, budgets)]
+    # up to and including the first stop token (answer_lengths: the tokens before it), within the budget
+    ends = [min(n + 1, new.shape[1], budget) for n, budget in zip(answer_lengths(new, stop_ids), budgets)]
+    return [row[:end].tolist() for row, end in zip(new, ends)]

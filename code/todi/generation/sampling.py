@@ -35,7 +35,7 @@ from torch import Tensor
 
 __all__ = [
     "Answers", "SamplingConfig", "SamplingJob", "answer_lengths", "encode_prompts", "generate", "gumbel_noise",
-    "left_pad", "logits_processors", "sample_answers", "warpers",
+    "left_pad", "logits_processors", "pinned_generation_config", "sample_answers", "warpers",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -211,6 +211,17 @@ def answer_lengths(generated: Tensor, stop_ids: list[int]) -> list[int]:
     return first.tolist()
 
 
+def pinned_generation_config(config: SamplingConfig, max_new_tokens: int, stop_ids: list[int], pad_id: int):
+    """``generate()``'s settings, every one pinned so a checkpoint's generation_config.json (e.g. a repetition
+    penalty) cannot change the protocol; greedy, since the Gumbel processor samples reproducibly.
+    ``stop_ids``: the family's end tokens (todi_tokenizer.json), EOS first."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                            no_repeat_ngram_size=config.no_repeat_ngram_size, repetition_penalty=1.0,
+                            eos_token_id=stop_ids, pad_token_id=pad_id)
+
+
 def generate(model, tokenizer, prompts: list[str], config: SamplingConfig = SamplingConfig(), **kwargs) -> list[str]:
     """The answers' texts of :func:`sample_answers` (same arguments), in the order of ``prompts``."""
     return sample_answers(model, tokenizer, prompts, config, **kwargs).texts
@@ -236,8 +247,6 @@ def sample_answers(
     ranks return the full list (``torch.distributed`` must be initialised). ``synced_gpus`` keeps
     ranks in lock-step for ZeRO-3, where every forward needs every rank.
     """
-    from transformers import GenerationConfig
-
     from todi.models import stop_token_ids
 
     if batch_size < 1 or not 0 <= rank < world_size:
@@ -255,18 +264,8 @@ def sample_answers(
         most = -(-len(order[0::world_size]) // batch_size)
         batches += [[]] * (most - len(batches))
 
-    # Every setting generate() would otherwise take from the checkpoint's generation_config.json is
-    # pinned, so a checkpoint's own defaults (e.g. a repetition penalty) cannot change the protocol.
-    gen_config = GenerationConfig(
-        do_sample=False,  # sampling is done by the Gumbel processor, reproducibly
-        num_beams=1,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=0,
-        no_repeat_ngram_size=config.no_repeat_ngram_size,
-        repetition_penalty=1.0,
-        eos_token_id=stop_token_ids(tokenizer),  # the family's end tokens (todi_tokenizer.json), EOS first
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    gen_config = pinned_generation_config(config, config.max_new_tokens, stop_token_ids(tokenizer),
+                                          tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
     results: dict[int, tuple[str, int]] = {}

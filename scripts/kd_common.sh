@@ -29,10 +29,12 @@ ROLLOUT_MAX_NEW_TOKENS=${ROLLOUT_MAX_NEW_TOKENS:-}   # empty: MAX_LENGTH - MAX_P
 ROLLOUT_TEMP=${ROLLOUT_TEMP:-1.0}              # rollouts sample the full distribution by default (GKD's, DistiLLM's)
 ROLLOUT_TOP_K=${ROLLOUT_TOP_K:-0}
 ROLLOUT_TOP_P=${ROLLOUT_TOP_P:-1.0}
+ROLLOUT_BACKEND=${ROLLOUT_BACKEND:-hf}         # vllm: a vLLM engine on each rank samples the student (pip install -e '.[vllm]')
+ROLLOUT_SYNC_INTERVAL=${ROLLOUT_SYNC_INTERVAL:-1}   # vllm: push the training weights when the engine's are this many steps old
 DATA_TAG=${DATA_TAG:-$(case "${DATA_MODE}" in
     gkd) echo "__data=gkd^${STUDENT_GEN_RATIO}$([ "${SEQ_KD}" = 1 ] && echo "^seqkd")";;
     distillm) echo "__data=distillm^${INIT_THRESHOLD}^${LOSS_EPS}^${REPLAY_CAPACITY}";;
-esac)}
+esac)$(if [ "${DATA_MODE}" != fixed ] && [ "${ROLLOUT_SYNC_INTERVAL}" != 1 ]; then echo "^sync${ROLLOUT_SYNC_INTERVAL}"; fi)}
 
 # The teacher in the run's folder name: teacher_name MODEL_PATH [ADAPTER_PATH] gives the model folder's
 # name (+ the LoRA adapter's), or with TEACHER_CACHE the cache folder's name (such a run's name also

@@ -26,6 +26,7 @@ if [[ ${OPTS} == *" --kd-objective "* && ${DATA_MODE:-fixed} != fixed ]]; then
     OPTS+=" --data-mode ${DATA_MODE} --student-gen-ratio ${STUDENT_GEN_RATIO} --init-threshold ${INIT_THRESHOLD}"
     OPTS+=" --loss-eps ${LOSS_EPS} --replay-capacity ${REPLAY_CAPACITY} --rollout-temperature ${ROLLOUT_TEMP}"
     OPTS+=" --rollout-top-k ${ROLLOUT_TOP_K} --rollout-top-p ${ROLLOUT_TOP_P}"
+    OPTS+=" --rollout-backend ${ROLLOUT_BACKEND} --rollout-sync-interval ${ROLLOUT_SYNC_INTERVAL}"
     if [ -n "${ROLLOUT_MAX_NEW_TOKENS}" ]; then OPTS+=" --rollout-max-new-tokens ${ROLLOUT_MAX_NEW_TOKENS}"; fi
     if [ "${SEQ_KD}" = 1 ]; then OPTS+=" --seq-kd"; fi
     if [[ ${OPTS} != *" --teacher-model-path "* ]]; then

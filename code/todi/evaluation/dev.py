@@ -1,7 +1,7 @@
 """Dev evaluation during training: the student's CE and token accuracy on the dev split, then
 ROUGE-L of sampled answers with the generation flags (the same code path as the test evaluation),
 drawn by the HF sampler on the training model or (``--dev-gen-backend vllm``) by a vLLM engine
-colocated on each rank that receives the training weights first (:mod:`todi.evaluation.colocated`):
+colocated on each rank that receives the training weights first (:mod:`todi.generation.colocated`):
 the same answers in fp32, hence the same keep-best decisions."""
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ __all__ = ["DevEvaluation", "sampling_config"]
 
 class DevEvaluation:
     """Evaluates a model on a dev split with the run's flags; ``zero_stage`` 3 keeps generation in
-    lockstep across processes (the weights are gathered collectively)."""
+    lockstep across processes (the weights are gathered collectively). ``colocated``: the process's
+    vLLM engine when training shares one (:class:`todi.generation.colocated.ColocatedEngine`), else
+    one is started at the first dev evaluation that needs it."""
 
-    def __init__(self, args: argparse.Namespace, env: DistEnv, zero_stage: int):
+    def __init__(self, args: argparse.Namespace, env: DistEnv, zero_stage: int, colocated=None):
         self.args, self.env, self.zero_stage = args, env, zero_stage
         self.backend = getattr(args, "dev_gen_backend", "hf")
         if args.eval_gen:
             check_backend(self.backend, "--dev-gen-backend")  # a missing vLLM: one error line, before training
-        self.colocated = None  # the vLLM engine, started at the first dev evaluation
+        self.colocated = colocated
 
     @torch.no_grad()
     def evaluate(self, model, data: Split, collate, tokenizer) -> dict:
@@ -76,7 +78,7 @@ class DevEvaluation:
             answered = engine.answer(jobs, config, rank=env.rank, world_size=env.world_size, progress=args.eval_tqdm)
             return [compute_metrics(answers.texts, data.references) for answers in answered]
         finally:
-            if self.colocated is not None:
+            if self.backend == "vllm":
                 self.colocated.release()
 
     def _engine(self, model, tokenizer, config):
@@ -86,9 +88,9 @@ class DevEvaluation:
 
             return HFEngine(model, tokenizer, batch_size=self.args.eval_batch_size, synced_gpus=self.zero_stage == 3)
         if self.colocated is None:
-            from todi.evaluation.colocated import ColocatedEngine
+            from todi.generation.colocated import ColocatedEngine
 
-            self.colocated = ColocatedEngine(tokenizer, config)
+            self.colocated = ColocatedEngine(tokenizer, config.max_length)
         return self.colocated.synced(model, self.zero_stage)
 
 

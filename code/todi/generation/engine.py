@@ -1,4 +1,5 @@
-"""Generation engines behind one interface: sampling jobs in, answers in dataset order out.
+"""Generation engines behind one interface: sampling jobs in, answers in dataset order out (and, for
+on-policy rollouts, token-id prompts in, sampled continuations out).
 
 A job is one (prompt list, seed) pair, e.g. one (eval set, seed) of a checkpoint's evaluation. Every
 engine gives each prompt the answer the seeded HF sampler (:mod:`todi.generation.sampling`, the
@@ -12,6 +13,8 @@ The backends' names and the availability check: :mod:`todi.generation.backends`.
 
 Every rank calls :meth:`GenerationEngine.answer` with the same jobs; each generates its share
 (``rank::world_size`` of each job's prompts, longest first) and all ranks get every answer back.
+:meth:`GenerationEngine.continuations` is per rank: each rank samples its own prompts (rollouts of its
+micro-batches), again a pure function of (weights, prompt, seed, example id).
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ class GenerationEngine(Protocol):
     def answer(self, jobs: Sequence[SamplingJob], config: SamplingConfig, *, rank: int = 0, world_size: int = 1,
                progress: bool = False) -> Iterator[Answers]:
         """The answers of each job, in job order (``Answers.seconds``: the generation time spent on it)."""
+        ...
+
+    def continuations(self, prompts: Sequence[Sequence[int]], example_ids: Sequence[int], config: SamplingConfig, *,
+                      seed: int, budgets: Sequence[int]) -> list[list[int]]:
+        """Sampled continuations of token-id ``prompts`` (no padding; this rank's own), in their order:
+        each up to and including its first stop token, at most ``budgets[i]`` tokens."""
         ...
 
 
@@ -88,3 +97,17 @@ class HFEngine:
                 rank=rank, world_size=world_size, synced_gpus=self.synced_gpus, progress=progress,
             )
             yield replace(answers, seconds=time.perf_counter() - start)
+
+    def continuations(self, prompts, example_ids, config, *, seed, budgets) -> list[list[int]]:
+        """One ``generate`` call per ``batch_size`` prompts (the answers do not depend on the split)."""
+        from todi.generation.rollout import sample_continuations
+        from todi.models import stop_token_ids
+
+        out: list[list[int]] = []
+        for i in range(0, len(prompts), self.batch_size):
+            part = slice(i, i + self.batch_size)
+            out += sample_continuations(
+                self.model, [list(p) for p in prompts[part]], list(example_ids[part]), config, seed=seed,
+                pad_id=self.tokenizer.pad_token_id, stop_ids=stop_token_ids(self.tokenizer),
+                vocab_size=len(self.tokenizer), budgets=list(budgets[part]), synced_gpus=self.synced_gpus)
+        return out

@@ -115,6 +115,28 @@ class VLLMEngine:
             answers = [found[(j, i)] for i in range(len(job.prompts))]
             yield Answers([a for a, _ in answers], [n for _, n in answers], seconds * len(job.prompts) / total)
 
+    def continuations(self, prompts: Sequence[Sequence[int]], example_ids: Sequence[int], config: SamplingConfig, *,
+                      seed: int, budgets: Sequence[int]) -> list[list[int]]:
+        """This rank's rollouts in one ``generate`` call, each request with its own budget (the noise of a
+        token depends on its position only, so a shorter budget cuts the same sample short)."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=0, ignore_eos=True,
+                                 stop_token_ids=self.stop_ids, detokenize=False,
+                                 extra_args={EXTRA_ARGS_KEY: row_settings(config, seed, example, self.vocab_size)})
+                  for example, budget in zip(example_ids, budgets)]
+        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        return [self._through_stop(out.outputs[0]) for out in outputs]
+
+    def _through_stop(self, completion) -> list[int]:
+        """A completion's ids up to and including its stop token (vLLM reports a stop token id it ended
+        on as ``stop_reason`` and may leave it out of ``token_ids``)."""
+        ids = list(completion.token_ids)
+        stop = completion.stop_reason
+        if isinstance(stop, int) and (not ids or ids[-1] != stop):
+            ids.append(stop)
+        return ids
+
     def _requests(self, jobs: Sequence[SamplingJob], config: SamplingConfig, rank: int,
                   world_size: int) -> Iterable[tuple]:
         """(job index, example id, prompt, SamplingParams) of this rank's share of each job (the HF

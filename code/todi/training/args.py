@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from todi.generation.colocated import COLOCATED_MEMORY_SHARE
 from todi.loss.adakd import DIFFICULTIES
 from todi.kernels import IMPLEMENTATIONS
 from todi.training.monitor import BACKENDS, missing_package, parse_backends
@@ -264,13 +265,34 @@ def _onpolicy_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rollout-temperature", type=float, default=1.0, help="rollouts' sampling temperature")
     g.add_argument("--rollout-top-k", type=int, default=0, help="rollouts' top-k (0: the full vocabulary)")
     g.add_argument("--rollout-top-p", type=float, default=1.0, help="rollouts' nucleus (1.0: off)")
+    _not_identity(g.add_argument(
+        "--rollout-backend", choices=["hf", "vllm"], default="hf",
+        help="engine of the student's rollouts: hf (the seeded HF sampler on the training model) or vllm (the "
+             "vLLM engine colocated on each rank, shared with --dev-gen-backend vllm; the same samples in fp32 "
+             "with --rollout-sync-interval 1; needs pip install -e '.[vllm]')"))
+    g.add_argument("--rollout-sync-interval", type=int, default=1,
+                   help="vllm rollouts: push the training weights into the engine when its weights are this many "
+                        "optimizer steps old (1: at every generated step, the HF engine's samples)")
+    _not_identity(g.add_argument(
+        "--vllm-memory-share", type=float, default=COLOCATED_MEMORY_SHARE,
+        help="the device memory share of the colocated vLLM engine (dev generation and rollouts); training "
+             "keeps the rest"))
 
 
 def _check_onpolicy(args: argparse.Namespace, fail) -> None:
     if args.rollout_max_new_tokens is None:
         args.rollout_max_new_tokens = args.max_length - args.max_prompt_length
+    if not 0.0 < args.vllm_memory_share < 1.0:
+        fail(f"--vllm-memory-share {args.vllm_memory_share}: must be in (0, 1)")
     if args.data_mode == "fixed":
+        if args.rollout_backend != "hf" or args.rollout_sync_interval != 1:
+            fail("--rollout-backend and --rollout-sync-interval apply to on-policy runs: add --data-mode gkd|distillm")
         return
+    if args.rollout_sync_interval < 1:
+        fail(f"--rollout-sync-interval {args.rollout_sync_interval}: must be at least 1")
+    if args.rollout_sync_interval > 1 and args.rollout_backend != "vllm":
+        fail(f"--rollout-sync-interval {args.rollout_sync_interval} needs --rollout-backend vllm: the HF engine "
+             "samples the training weights themselves")
     if args.criterion != "various_divergence" or args.kd_rate == 0:
         fail(f"--data-mode {args.data_mode} trains by KD on sampled responses: it needs --criterion "
              "various_divergence with --kd-rate > 0")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from todi.data.instructions import Batch, TokenizedExample
-from todi.generation.rollout import rollout_seed, sample_continuations
+from todi.generation.rollout import rollout_seed
 from todi.generation.sampling import SamplingConfig
 from todi.util.distributed import DistEnv
 
@@ -108,17 +108,14 @@ class Schedule:
 class DataMixer:
     """Per optimizer step: the batch source (:meth:`kind`, by :class:`Schedule`) and, for a generated or
     replayed step, its micro-batches (:meth:`batches`). ``collate`` turns examples into batches without
-    teacher-cache targets."""
+    teacher-cache targets; ``engines`` (:class:`todi.training.rollout_engines.RolloutEngines`) sample."""
 
-    def __init__(self, settings: MixerSettings, *, seed: int, total_steps: int, env: DistEnv, collate, tokenizer,
-                 max_length: int, micro_batch: int, grad_accum: int, synced_gpus: bool):
-        from todi.models import stop_token_ids
-
+    def __init__(self, settings: MixerSettings, *, seed: int, total_steps: int, env: DistEnv, collate, engines,
+                 max_length: int, micro_batch: int, grad_accum: int):
         self.s, self.seed, self.env = settings, seed, env
         self.schedule = Schedule(settings, seed=seed, total_steps=total_steps)
-        self.collate, self.max_length = collate, max_length
-        self.micro_batch, self.grad_accum, self.synced_gpus = micro_batch, grad_accum, synced_gpus
-        self.pad_id, self.stop_ids, self.vocab = tokenizer.pad_token_id, stop_token_ids(tokenizer), len(tokenizer)
+        self.collate, self.max_length, self.engines = collate, max_length, engines
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
         self.buffer: deque[tuple[int, int, np.ndarray]] = deque(maxlen=settings.capacity)  # (index, prompt_len, ids)
         self._stats = _Stats()
         self._last_step = 0
@@ -142,24 +139,25 @@ class DataMixer:
         self._stats.generated += 1
         if kind == "replay":
             return self._replayed(step)
-        model = student if kind == "student" else teacher
         start = time.perf_counter()
-        examples = [self._rollouts(model, b.examples, step) for b in micro_batches]
+        engine = self.engines.student(student, step) if kind == "student" else self.engines.teacher(teacher)
+        rolled = self._rollouts(engine, [e for b in micro_batches for e in b.examples], step)
+        self.engines.release()
         self._stats.gen_seconds += time.perf_counter() - start
-        self._stats.gen_tokens += sum(len(e.input_ids) - e.prompt_len for part in examples for e in part)
-        self._stats.rollouts += sum(len(part) for part in examples)
+        self._stats.gen_tokens += sum(len(e.input_ids) - e.prompt_len for e in rolled)
+        self._stats.rollouts += len(rolled)
         if self.s.mode == "distillm":
-            self._push([e for part in examples for e in part])
-        return [self.collate(part) for part in examples]
+            self._push(rolled)
+        bounds = np.cumsum([0] + [len(b.examples) for b in micro_batches])
+        return [self.collate(rolled[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _rollouts(self, model, examples: list[TokenizedExample], step: int) -> list[TokenizedExample]:
+    def _rollouts(self, engine, examples: list[TokenizedExample], step: int) -> list[TokenizedExample]:
+        """The examples' prompts with the engine's sampled responses (one engine call for the step)."""
         prompts = [e.input_ids[: e.prompt_len] for e in examples]
         # a sequence holds at most --max-length ids (as the dataset's); a prompt leaves at least one
         budgets = [min(self.s.sampling.max_new_tokens, self.max_length - len(p)) for p in prompts]
-        continuations = sample_continuations(
-            model, prompts, [e.index for e in examples], self.s.sampling, seed=rollout_seed(self.seed, step),
-            pad_id=self.pad_id, stop_ids=self.stop_ids, vocab_size=self.vocab, budgets=budgets,
-            synced_gpus=self.synced_gpus)
+        continuations = engine.continuations(prompts, [e.index for e in examples], self.s.sampling,
+                                             seed=rollout_seed(self.seed, step), budgets=budgets)
         return [TokenizedExample(p + c, len(p), None, e.index) for p, c, e in zip(prompts, continuations, examples)]
 
     def _push(self, examples: list[TokenizedExample]) -> None:
@@ -198,16 +196,21 @@ class DataMixer:
         if s.rollouts:
             out.update(rollout_len=s.gen_tokens / s.rollouts,
                        rollout_tokens_per_s=s.gen_tokens / max(s.gen_seconds, 1e-9))
+        syncs = self.engines.take_syncs()
+        if self.engines.backend == "vllm":
+            out.update(weight_syncs=float(syncs))
         if self.s.mode == "distillm":
             out.update(tau=self.schedule.tau, rho=self.schedule.rho(self._last_step), replay_size=float(len(self.buffer)))
         return out
 
     def state_dict(self) -> dict:
-        return {"tau": self.schedule.tau, "reference_loss": self.schedule.reference_loss, "buffer": list(self.buffer)}
+        return {"tau": self.schedule.tau, "reference_loss": self.schedule.reference_loss, "buffer": list(self.buffer),
+                "rollout_engines": self.engines.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.schedule.tau, self.schedule.reference_loss = state["tau"], state["reference_loss"]
         self.buffer = deque(state["buffer"], maxlen=self.s.capacity)
+        self.engines.load_state_dict(state.get("rollout_engines", {}))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from todi.training.args import objective_kwargs
 from todi.loss.criterion import DistillationLoss
 from todi.data.instructions import Collator, Split, load_split
 from todi.util.distributed import DistEnv
+from todi.generation.backends import check_backend
 from todi.util.log import logger
 from todi.models import (
     build_student,
@@ -248,11 +249,27 @@ def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int 
     return criterion
 
 
-def build_mixer(args: argparse.Namespace, env: DistEnv, data: TrainingData, total_iters: int, zero_stage: int):
-    """The on-policy data mixer of ``--data-mode gkd|distillm`` (:mod:`todi.training.onpolicy`), or None."""
+def build_colocated(args: argparse.Namespace, tokenizer):
+    """The process's vLLM engine beside training when dev generation or rollouts use vLLM (started at
+    its first use; :mod:`todi.generation.colocated`), or None."""
+    dev = args.do_valid and args.eval_gen and args.dev_gen_backend == "vllm"
+    rollouts = args.data_mode != "fixed" and args.rollout_backend == "vllm"
+    if not (dev or rollouts):
+        return None
+    check_backend("vllm", "--rollout-backend" if rollouts else "--dev-gen-backend")  # one error line, before training
+    from todi.generation.colocated import ColocatedEngine
+
+    return ColocatedEngine(tokenizer, args.max_length, memory_share=args.vllm_memory_share)
+
+
+def build_mixer(args: argparse.Namespace, env: DistEnv, data: TrainingData, total_iters: int, zero_stage: int,
+                colocated=None):
+    """The on-policy data mixer of ``--data-mode gkd|distillm`` (:mod:`todi.training.onpolicy`), or None;
+    ``colocated``: the process's vLLM engine (``--rollout-backend vllm``)."""
     if args.data_mode == "fixed":
         return None
     from todi.training.onpolicy import DataMixer, MixerSettings
+    from todi.training.rollout_engines import RolloutEngines
 
     if data.collate.teacher_pad_id is not None:
         raise ValueError(f"--data-mode {args.data_mode}: the teacher must share the student's tokenizer (it scores "
@@ -268,10 +285,14 @@ def build_mixer(args: argparse.Namespace, env: DistEnv, data: TrainingData, tota
                         f"{args.loss_eps:g}, replay buffer of {args.replay_capacity} samples)"}[args.data_mode]
     logger.info(f"data mode {args.data_mode}: {what}; rollouts of up to {args.rollout_max_new_tokens} tokens "
                 f"(temperature {args.rollout_temperature:g}, top-k {args.rollout_top_k}, top-p {args.rollout_top_p:g}); "
-                f"KD only on sampled responses (weight {args.kd_rate:g}, no CE)")
+                f"KD only on sampled responses (weight {args.kd_rate:g}, no CE); rollouts by {args.rollout_backend}" +
+                (f", weights synced every {args.rollout_sync_interval} steps" if args.rollout_backend == "vllm" else ""))
+    engines = RolloutEngines(args.rollout_backend, data.tokenizer, sync_interval=args.rollout_sync_interval,
+                             zero_stage=zero_stage, batch_size=args.batch_size,
+                             synced_gpus=zero_stage == 3 and env.world_size > 1, colocated=colocated)
     return DataMixer(settings, seed=args.seed, total_steps=total_iters, env=env, collate=data.eval_collate,
-                     tokenizer=data.tokenizer, max_length=args.max_length, micro_batch=args.batch_size,
-                     grad_accum=args.gradient_accumulation_steps, synced_gpus=zero_stage == 3 and env.world_size > 1)
+                     engines=engines, max_length=args.max_length, micro_batch=args.batch_size,
+                     grad_accum=args.gradient_accumulation_steps)
 
 
 def build_monitor(args: argparse.Namespace, env: DistEnv, save_dir: Path, *, fresh: bool) -> TrainingMonitor:

@@ -107,8 +107,9 @@ class Trainer:
         self.criterion = setup.build_criterion(args, self.total_iters, vocab_size=models.kd_vocab)
         self.cache = self.data.collate.teacher_cache
         self.cache_head = models.cache_head
-        self.dev = DevEvaluation(args, env, self.ds.zero_stage)
-        self.mixer = setup.build_mixer(args, env, self.data, self.total_iters, self.ds.zero_stage)
+        colocated = setup.build_colocated(args, self.data.tokenizer)  # vLLM beside training: one per process
+        self.dev = DevEvaluation(args, env, self.ds.zero_stage, colocated)
+        self.mixer = setup.build_mixer(args, env, self.data, self.total_iters, self.ds.zero_stage, colocated)
 
         self.state = ckpt.TrainerState()
         self.best = ckpt.BestCheckpoints(args.keep_best_n_checkpoints)

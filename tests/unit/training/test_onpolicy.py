@@ -21,7 +21,7 @@ from todi.util.labels import IGNORE_INDEX
 def test_gkd_lambda_one_trains_on_the_students_samples_seen_by_the_teacher(process_group, pair, dolly, tmp_path,
                                                                            monkeypatch):
     from todi.generation import rollout
-    from todi.training import onpolicy, trainer
+    from todi.training import trainer
     from todi.training.cli import main
 
     sampled, seen = [], []
@@ -36,7 +36,7 @@ def test_gkd_lambda_one_trains_on_the_students_samples_seen_by_the_teacher(proce
         seen.append((batch.input_ids.clone(), batch.labels.clone(), batch.attention_mask.clone()))
         return real_teacher(teacher, batch)
 
-    monkeypatch.setattr(onpolicy, "sample_continuations", record_sample)
+    monkeypatch.setattr(rollout, "sample_continuations", record_sample)  # the HF engine's sampler
     monkeypatch.setattr(trainer, "teacher_forward", record_teacher)
     student, teacher = pair
     main([str(a) for a in cli(student, dolly, tmp_path / "run", teacher=teacher, objective="reverse_kl", total_iters=2,
@@ -111,6 +111,11 @@ def test_the_draw_depends_only_on_seed_and_step():
     (["--data-mode", "gkd", "--kd-rate", "0"], "it needs --criterion various_divergence with --kd-rate > 0"),
     (["--data-mode", "gkd", "--student-gen-ratio", "-0.1"], "--student-gen-ratio -0.1: must be in [0, 1]"),
     (["--data-mode", "gkd", "--rollout-top-p", "0"], "--rollout-top-p in (0, 1]"),
+    (["--data-mode", "gkd", "--rollout-sync-interval", "2"], "--rollout-sync-interval 2 needs --rollout-backend vllm"),
+    (["--data-mode", "gkd", "--rollout-backend", "vllm", "--rollout-sync-interval", "0"],
+     "--rollout-sync-interval 0: must be at least 1"),
+    (["--rollout-backend", "vllm"], "--rollout-backend and --rollout-sync-interval apply to on-policy runs"),
+    (["--vllm-memory-share", "1.5"], "--vllm-memory-share 1.5: must be in (0, 1)"),
 ])
 def test_bad_on_policy_settings_are_one_error_line(extra, message, tmp_path):
     from todi.training.args import parse_args
@@ -140,7 +145,6 @@ def test_on_policy_needs_the_students_tokenizer_in_the_teacher():
 
 def test_seq_kd_trains_on_the_teachers_samples(process_group, pair, dolly, tmp_path, monkeypatch):
     from todi.generation import rollout
-    from todi.training import onpolicy
     from todi.training.cli import main
 
     widths, real_sample = [], rollout.sample_continuations
@@ -149,7 +153,7 @@ def test_seq_kd_trains_on_the_teachers_samples(process_group, pair, dolly, tmp_p
         widths.append(model.config.n_embd)
         return real_sample(model, *args, **kw)
 
-    monkeypatch.setattr(onpolicy, "sample_continuations", record)
+    monkeypatch.setattr(rollout, "sample_continuations", record)
     student, teacher = pair
     main([str(a) for a in cli(student, dolly, tmp_path / "run", teacher=teacher, objective="ToDi", total_iters=2,
                               max_length=60, data_mode="gkd", student_gen_ratio=0.0, seq_kd=True,

@@ -7,6 +7,8 @@
 # 4. a short epoch, default and --group-by-length batches (bench_epoch.sh)
 # 5. generation (bench_engines.py): HF sampler vs vLLM token equality on 20 Dolly prompts in fp32, the
 #    bf16 difference count, prompts/s of both engines on Dolly x 1 seed with GPT-2 base shapes
+# 6. on-policy steps (bench_onpolicy.py): GKD (lambda 0.5) with GPT-2 base <- XL shapes, bf16, the time split
+#    generation / teacher / student with HF and with vLLM rollouts (goal: generation <= 30% of a step)
 # Writes ${OUT_DIR}/gpu_suite.json (every step's results) and gpu_suite.md (one table); a failing step
 # is recorded as failed and the suite goes on. Needs the test extra, Triton and vLLM
 # (pip install -e '.[test,vllm]'). DRY_RUN=1 prints the steps and checks the inputs, running nothing.
@@ -24,6 +26,7 @@ LOSS_VOCABS=${LOSS_VOCABS:-50257,262144}
 EPOCH_STEPS=${EPOCH_STEPS:-30}      # timed optimizer steps of the short epoch
 EQUALITY_PROMPTS=${EQUALITY_PROMPTS:-20}
 SPEED_PROMPTS=${SPEED_PROMPTS:-500} # Dolly x 1 seed
+ONPOLICY_STEPS=${ONPOLICY_STEPS:-16}   # timed optimizer steps of each on-policy run (after 4 warm-up steps)
 DRY_RUN=${DRY_RUN:-0}
 
 export CUDA_VISIBLE_DEVICES=${GPUS}
@@ -45,13 +48,14 @@ if [[ ${DRY_RUN} != 1 ]] && ! "${PYTHON}" -c "import torch, sys; sys.exit(not to
 fi
 mkdir -p "${OUT_DIR}"
 
-STEPS=(triton loss step epoch generation)
+STEPS=(triton loss step epoch generation onpolicy)
 declare -A COMMAND=(
     [triton]="${PYTHON} -m pytest -q ${BASE_PATH}/tests/unit/kernels/test_kernels_triton.py --junitxml ${OUT_DIR}/triton.xml"
     [loss]="${PYTHON} ${BASE_PATH}/scripts/bench/bench_loss.py --tokens ${LOSS_TOKENS} --vocab ${LOSS_VOCABS} --dtype bf16 --device cuda --out ${OUT_DIR}/loss.json"
     [step]="${PYTHON} ${BASE_PATH}/scripts/bench/bench_step.py --models gpt2 --objectives ce,ToDi --device cuda --out ${OUT_DIR}/step.json"
     [epoch]="env GPUS=${GPUS%%,*} STEPS=${EPOCH_STEPS} WARMUP=5 MODES='default grouped' STUDENT_CONFIG=${MODEL_DIR} DATA=${DOLLY}/train.jsonl OUT_DIR=${OUT_DIR}/epoch bash ${BASE_PATH}/scripts/bench/bench_epoch.sh"
     [generation]="${PYTHON} ${BASE_PATH}/scripts/bench/bench_engines.py --model-config ${MODEL_DIR} --data ${DOLLY}/valid.jsonl --equality-prompts ${EQUALITY_PROMPTS} --num-prompts ${SPEED_PROMPTS} --out ${OUT_DIR}/generation.json"
+    [onpolicy]="${PYTHON} ${BASE_PATH}/scripts/bench/bench_onpolicy.py --student-config ${MODEL_DIR} --data ${DOLLY}/train.jsonl --steps ${ONPOLICY_STEPS} --warmup 4 --out ${OUT_DIR}/onpolicy.json"
 )
 
 : > "${OUT_DIR}/status.tsv"

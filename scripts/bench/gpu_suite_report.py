@@ -3,7 +3,7 @@
     python scripts/bench/gpu_suite_report.py OUT_DIR
 
 Reads OUT_DIR/status.tsv (step, status, seconds) and what each step wrote there (triton.xml,
-loss.json, step.json, epoch/bench.json, generation.json); a step without results shows its status.
+loss.json, step.json, epoch/bench.json, generation.json, onpolicy.json); a step without results shows its status.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-RESULT_FILES = {"loss": "loss.json", "step": "step.json", "epoch": "epoch/bench.json", "generation": "generation.json"}
+RESULT_FILES = {"loss": "loss.json", "step": "step.json", "epoch": "epoch/bench.json", "generation": "generation.json",
+                "onpolicy": "onpolicy.json"}
 MAX_ROWS = 60  # a table longer than this is left to the JSON
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ["triton", "loss", "step", "epoch", "generation"]
+STEPS = ["triton", "loss", "step", "epoch", "generation", "onpolicy"]
 
 
 def test_dry_run_lists_every_step(shared_dir, tmp_path):
@@ -22,6 +22,7 @@ def test_dry_run_lists_every_step(shared_dir, tmp_path):
     assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("== ")] == \
         [f"== {s}" for s in STEPS]
     assert "bench_engines.py" in proc.stdout and "--num-prompts 500" in proc.stdout
+    assert "bench_onpolicy.py" in proc.stdout and "--steps 16" in proc.stdout
     suite = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert list(suite) == STEPS and {s["status"] for s in suite.values()} == {"dry-run"}
 
@@ -35,7 +36,9 @@ def test_missing_inputs_are_one_error_line(tmp_path):
 
 
 def test_report_renders_the_results(tmp_path):
-    (tmp_path / "status.tsv").write_text("triton\tok\t40\nloss\tfailed\t3\ngeneration\tok\t200\n")
+    (tmp_path / "status.tsv").write_text("triton\tok\t40\nloss\tfailed\t3\ngeneration\tok\t200\nonpolicy\tok\t90\n")
+    (tmp_path / "onpolicy.json").write_text(json.dumps({"settings": {}, "rows": [
+        {"backend": "hf", "gen_pct_of_onpolicy_step": 61.0}, {"backend": "vllm", "gen_pct_of_onpolicy_step": 22.5}]}))
     (tmp_path / "triton.xml").write_text('<testsuites><testsuite tests="12" failures="0" errors="0" '
                                          'skipped="1"/></testsuites>')
     (tmp_path / "generation.json").write_text(json.dumps({
@@ -47,4 +50,5 @@ def test_report_renders_the_results(tmp_path):
     md = (tmp_path / "gpu_suite.md").read_text()
     assert "| loss | failed | 3 |" in md and "tests: 12, failures: 0, errors: 0, skipped: 1" in md
     assert "| fp32 identical answers, HF vs vLLM | 20/20 |" in md and "| vLLM / HF | 9.5x" in md
+    assert "| backend | gen_pct_of_onpolicy_step |" in md and "| vllm | 22.5 |" in md
     assert json.loads((tmp_path / "gpu_suite.json").read_text())["triton"]["results"]["tests"] == 12

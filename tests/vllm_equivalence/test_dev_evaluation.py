@@ -48,7 +48,7 @@ def test_each_sync_pushes_the_current_weights(gpt2, dolly_prompts):
     """The colocated engine answers as the HF sampler on the model as it is now, after every change."""
     import torch
 
-    from todi.evaluation.colocated import ColocatedEngine
+    from todi.generation.colocated import ColocatedEngine
     from todi.generation.engine import HFEngine
     from todi.generation.sampling import SamplingJob
     from todi.models import load_model, load_tokenizer
@@ -56,7 +56,7 @@ def test_each_sync_pushes_the_current_weights(gpt2, dolly_prompts):
     from _vllm import CONFIG
 
     model, tokenizer = load_model(gpt2), load_tokenizer(gpt2)
-    colocated, jobs = ColocatedEngine(tokenizer, CONFIG), [SamplingJob(dolly_prompts[:4], 10)]
+    colocated, jobs = ColocatedEngine(tokenizer, CONFIG.max_length), [SamplingJob(dolly_prompts[:4], 10)]
     before = None
     for change in range(2):
         got = list(colocated.synced(model, zero_stage=0).answer(jobs, CONFIG))[0]
@@ -68,4 +68,4 @@ def test_each_sync_pushes_the_current_weights(gpt2, dolly_prompts):
         with torch.no_grad():  # "a training step"
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.05)
-    colocated.engine.shutdown()
+    colocated.shutdown()

@@ -134,3 +134,36 @@ def test_sync_interval_samples_from_the_synced_weights_and_resumes_exactly(runs)
     assert one[0] == two[0] and one[1] != two[1]  # step 1 samples from step 0's weights (then the runs part)
     assert steps(runs["paused"]) == two  # paused at step 3 (mid-interval) and rerun
     assert read_metrics(runs["paused"], "dev") == read_metrics(runs["sync2"], "dev")
+
+
+def test_the_colocated_engine_pushes_only_weights_it_does_not_hold(student, dolly_prompts):
+    """A tag it holds is not pushed again (the weights of the last sync stay); a new tag is."""
+    from todi.generation.colocated import ColocatedEngine, training_weights
+    from todi.generation.engine import HFEngine
+    from todi.generation.sampling import SamplingConfig, encode_prompts
+    from todi.models import load_model, load_tokenizer
+
+    model, tokenizer = load_model(student), load_tokenizer(student)
+    config = SamplingConfig(do_sample=True, no_repeat_ngram_size=0, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT)
+    prompts = encode_prompts(tokenizer, dolly_prompts[:4], MAX_PROMPT)
+    sample = dict(example_ids=[0, 1, 2, 3], config=config, seed=3, budgets=[20] * 4)
+    before = HFEngine(model, tokenizer).continuations(prompts, **sample)
+    colocated, pushes = ColocatedEngine(tokenizer, MAX_LENGTH), []
+
+    def weights():
+        pushes.append(1)
+        return training_weights(model, zero_stage=0)
+
+    try:
+        assert colocated.holding(model.config, weights, tag=("rollouts", 0)).continuations(prompts, **sample) == before
+        with torch.no_grad():  # "a training step"
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        after = HFEngine(model, tokenizer).continuations(prompts, **sample)
+        assert after != before
+        assert colocated.holding(model.config, weights, tag=("rollouts", 0)).continuations(prompts, **sample) == before
+        assert len(pushes) == 1  # the start only
+        assert colocated.holding(model.config, weights, tag=("rollouts", 1)).continuations(prompts, **sample) == after
+        assert len(pushes) == 2
+    finally:
+        colocated.shutdown()

@@ -4,7 +4,7 @@ and the GKD / DistiLLM recipes):
 * GKD with λ = 0 is the fixed run, bit for bit;
 * with λ = 1 every trained token is the student's own sample (up to and including EOS) and the
   teacher saw exactly prompt + sample (in-process, through the trainer: tests/unit/training/test_onpolicy.py);
-* 1 rank and 2 ranks give the same rollouts and losses (fp32);
+* 1 rank and 2 ranks give the same rollouts and losses (fp32), and so do ZeRO-1 and ZeRO-3;
 * a DistiLLM run (generation, replay and dataset steps) paused mid-run and rerun reproduces the
   uninterrupted run's per-step losses and final weights;
 * bad settings are one clear error line.
@@ -43,6 +43,12 @@ def run(setup, save: str, *, script="vanilla_kd_gpt2_base.sh", nproc=2, code=0, 
     return result
 
 
+def run_once(setup, save: str, **kwargs) -> None:
+    """``run`` unless this module already ran it (runs shared by tests)."""
+    if not (setup[0] / save / "metrics.jsonl").is_file():
+        run(setup, save, **kwargs)
+
+
 def losses(setup, save: str) -> list[tuple]:
     return [(r["step"], r["loss"], r["ce"], r["kd"]) for r in read_metrics(setup[0] / save)]
 
@@ -56,7 +62,7 @@ def test_gkd_with_lambda_zero_is_the_fixed_run(setup):
 
 def test_gkd_rollouts_and_losses_do_not_depend_on_the_rank_count(setup):
     one = run(setup, "gkd_one", nproc=1, DATA_MODE="gkd", STUDENT_GEN_RATIO="0.5")
-    run(setup, "gkd_two", nproc=2, DATA_MODE="gkd", STUDENT_GEN_RATIO="0.5")
+    run_once(setup, "gkd_two", nproc=2, DATA_MODE="gkd", STUDENT_GEN_RATIO="0.5")
     assert "data mode gkd: student responses with probability 0.5" in one.stdout
     a, b = read_metrics(setup[0] / "gkd_one"), read_metrics(setup[0] / "gkd_two")
     assert [r["gen_share"] for r in a] == [r["gen_share"] for r in b] and 0 < sum(r["gen_share"] for r in a) < len(a)
@@ -66,6 +72,18 @@ def test_gkd_rollouts_and_losses_do_not_depend_on_the_rank_count(setup):
             assert x[key] == pytest.approx(y[key], rel=1e-5), (key, x, y)
     on = [r for r in a if r["gen_share"] == 1]  # sampled responses: kd_rate·KD, no CE (KD_RATE 0.5 here)
     assert on and all(r["loss"] == pytest.approx(0.5 * r["kd"], rel=1e-6) for r in on)
+
+
+def test_gkd_under_zero3_samples_as_under_zero1(setup):
+    """ZeRO-3 partitions the student: its rollouts gather the weights with the ranks in lock-step
+    (``synced_gpus``), and sample what the whole model samples."""
+    run_once(setup, "gkd_two", nproc=2, DATA_MODE="gkd", STUDENT_GEN_RATIO="0.5")
+    run(setup, "gkd_zero3", nproc=2, DATA_MODE="gkd", STUDENT_GEN_RATIO="0.5", ZERO_STAGE="3")
+    a, b = read_metrics(setup[0] / "gkd_two"), read_metrics(setup[0] / "gkd_zero3")
+    assert [r["gen_share"] for r in a] == [r["gen_share"] for r in b] and any(r["gen_share"] for r in a)
+    for x, y in zip(a, b):
+        assert x.get("rollout_len") == y.get("rollout_len")
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (x, y)
 
 
 def test_distillm_paused_and_rerun_is_the_uninterrupted_run(setup):

@@ -12,7 +12,10 @@ and the GKD / DistiLLM recipes):
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 import torch
@@ -30,15 +33,18 @@ def setup(shared_dir, tmp_path_factory):
     return root, student, teacher, make_dolly(shared_dir, root / "dolly", n_train=16, n_dev=4)
 
 
-def run(setup, save: str, *, script="vanilla_kd_gpt2_base.sh", nproc=2, code=0, extra="", **env):
+def settings(setup, save: str, *, nproc=2, extra="", **env) -> dict:
     root, student, teacher, data = setup
-    settings = {**subprocess_env(), "GPUS": "", "NPROC": str(nproc), "GRAD_ACC": str(4 // nproc), "KD_OBJ": "ToDi",
-                "CKPT_PATH": str(student), "TEACHER_MODEL_PATH": str(teacher), "DATA_DIR": str(data),
-                "SAVE_PATH": str(root / save), "EPOCH": "2", "BATCH_SIZE": "2", "EVAL_BATCH_SIZE": "4",
-                "MAX_LENGTH": "56", "MAX_PROMPT_LENGTH": "48", "EVAL_GEN_REPEAT": "1", "LOG_INTERVAL": "1",
-                "DEV_NUM": "2", "EXTRA_OPTS": extra, **env}
-    result = subprocess.run(["bash", str(REPO / "scripts/gpt2" / script)], env=settings, capture_output=True,
-                            text=True, timeout=400)
+    return {**subprocess_env(), "GPUS": "", "NPROC": str(nproc), "GRAD_ACC": str(4 // nproc), "KD_OBJ": "ToDi",
+            "CKPT_PATH": str(student), "TEACHER_MODEL_PATH": str(teacher), "DATA_DIR": str(data),
+            "SAVE_PATH": str(root / save), "EPOCH": "2", "BATCH_SIZE": "2", "EVAL_BATCH_SIZE": "4",
+            "MAX_LENGTH": "56", "MAX_PROMPT_LENGTH": "48", "EVAL_GEN_REPEAT": "1", "LOG_INTERVAL": "1",
+            "DEV_NUM": "2", "EXTRA_OPTS": extra, **env}
+
+
+def run(setup, save: str, *, script="vanilla_kd_gpt2_base.sh", code=0, **env):
+    result = subprocess.run(["bash", str(REPO / "scripts/gpt2" / script)], env=settings(setup, save, **env),
+                            capture_output=True, text=True, timeout=400)
     assert result.returncode == code, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -86,15 +92,42 @@ def test_gkd_under_zero3_samples_as_under_zero1(setup):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4), (x, y)
 
 
+DISTILLM = {"DATA_MODE": "distillm", "INIT_THRESHOLD": "1.0", "REPLAY_CAPACITY": "8"}  # generate, then replay
+
+
+def test_distillm_killed_mid_run_and_rerun_is_the_uninterrupted_run(setup):
+    """SIGKILL (every process of the run) once 3 steps are logged, with a resume state after every step;
+    the rerun resumes from the last complete state and logs the uninterrupted run's steps."""
+    run_once(setup, "distillm", script="distillm_gpt2_base.sh", **DISTILLM)
+    killed = setup[0] / "distillm_killed"
+    env = settings(setup, "distillm_killed", extra="--state-interval 1", **DISTILLM)
+    proc = subprocess.Popen(["bash", str(REPO / "scripts/gpt2/distillm_gpt2_base.sh")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (killed / "metrics.jsonl").is_file() and len(read_metrics(killed)) >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 3 <= len(read_metrics(killed)) < 8  # killed mid-run
+    run(setup, "distillm_killed", script="distillm_gpt2_base.sh", extra="--state-interval 1", **DISTILLM)
+    full, resumed = read_metrics(setup[0] / "distillm"), read_metrics(killed)
+    assert [r["step"] for r in resumed] == [r["step"] for r in full]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bit for bit
+    assert [r["replay_size"] for r in resumed] == [r["replay_size"] for r in full]
+
+
 def test_distillm_paused_and_rerun_is_the_uninterrupted_run(setup):
     from todi.models import load_model
 
-    mode = {"DATA_MODE": "distillm", "INIT_THRESHOLD": "1.0", "REPLAY_CAPACITY": "8"}  # generate, then replay
-    run(setup, "distillm", script="distillm_gpt2_base.sh", **mode)
+    run_once(setup, "distillm", script="distillm_gpt2_base.sh", **DISTILLM)
     first = run(setup, "distillm_paused", script="distillm_gpt2_base.sh", code=PAUSED_EXIT_CODE,
-                extra="--stop-after-iters 3", **mode)
+                extra="--stop-after-iters 3", **DISTILLM)
     assert "stopping after 3 steps" in first.stdout
-    run(setup, "distillm_paused", script="distillm_gpt2_base.sh", **mode)
+    run(setup, "distillm_paused", script="distillm_gpt2_base.sh", **DISTILLM)
     full, resumed = read_metrics(setup[0] / "distillm"), read_metrics(setup[0] / "distillm_paused")
     assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bit for bit
     assert [r["replay_size"] for r in resumed] == [r["replay_size"] for r in full]

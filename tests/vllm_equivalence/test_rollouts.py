@@ -3,7 +3,7 @@
 * the engines' continuations of token-id prompts are equal, token for token, with each request's own
   budget, up to and including the first stop token, for full-vocabulary and warped sampling;
 * a GKD run through the recipe script (λ = 1, dev generation on the same colocated engine) logs the HF
-  run's per-step losses, rollout lengths and dev scores;
+  run's per-step losses, rollout lengths and dev scores; on 2 ranks (an engine each) too;
 * ``--rollout-sync-interval 2`` pushes weights on even steps only, so step 1 samples from step 0's
   weights (its losses differ from interval 1's), and a run paused mid-interval and rerun reproduces the
   uninterrupted run (the synced weights are part of the resumable state).
@@ -109,6 +109,7 @@ def runs(student, teacher, shared_dir, tmp_path_factory) -> dict:
     out = {"hf": run(student, teacher, data, root / "hf")}
     vllm = dict(ROLLOUT_BACKEND="vllm", EXTRA_OPTS="--dev-gen-backend vllm")
     out["vllm"] = run(student, teacher, data, root / "vllm", **vllm)
+    out["two_ranks"] = run(student, teacher, data, root / "two_ranks", nproc=2, **vllm)
     out["sync2"] = run(student, teacher, data, root / "sync2", ROLLOUT_SYNC_INTERVAL="2", **vllm)
     from todi.training.resume import PAUSED_EXIT_CODE
 
@@ -126,6 +127,15 @@ def test_gkd_run_with_vllm_rollouts_is_the_hf_run(runs):
     assert [r["weight_syncs"] for r in vllm] == [1, 1, 1, 1] and "weight_syncs" not in hf[0]
     assert len({r["rollout_len"] for r in hf}) > 1  # the samples changed as the student trained
     assert read_metrics(runs["vllm"], "dev") == read_metrics(runs["hf"], "dev")  # the shared engine's dev answers
+
+
+def test_two_ranks_with_vllm_rollouts_are_the_one_rank_hf_run(runs):
+    """Each rank's engine samples its own micro-batches: the rollouts are the same, the losses equal up
+    to the order of the gradient reduction."""
+    hf, two = read_metrics(runs["hf"]), read_metrics(runs["two_ranks"])
+    assert [r["rollout_len"] for r in two] == [r["rollout_len"] for r in hf]
+    for x, y in zip(hf, two):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4) and y["kd"] == pytest.approx(x["kd"], rel=1e-4)
 
 
 def test_sync_interval_samples_from_the_synced_weights_and_resumes_exactly(runs):

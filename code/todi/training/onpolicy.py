@@ -28,11 +28,12 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from todi.data.instructions import Batch, TokenizedExample
 from todi.generation.rollout import rollout_seed
 from todi.generation.sampling import SamplingConfig
-from todi.util.distributed import DistEnv
+from todi.util.distributed import DistEnv, all_reduce_sum
 
 __all__ = ["DATA_MODES", "DataMixer", "MixerSettings", "Schedule", "step_uniform"]
 
@@ -189,8 +190,9 @@ class DataMixer:
         self._stats.student_seconds += student
 
     def log_stats(self) -> dict[str, float]:
-        """What the interval since the last call did (share of generated steps, rollout sizes and speed, τ/ρ)."""
-        s, self._stats = self._stats, _Stats()
+        """What the interval since the last call did on every rank together (share of generated steps,
+        rollout sizes and speed, the time split as the ranks' mean, τ/ρ); every rank calls it."""
+        s, self._stats = self._reduced(self._stats), _Stats()
         out = {"gen_share": s.generated / max(s.steps, 1), "gen_s": s.gen_seconds, "teacher_s": s.teacher_seconds,
                "student_s": s.student_seconds}
         if s.rollouts:
@@ -202,6 +204,15 @@ class DataMixer:
         if self.s.mode == "distillm":
             out.update(tau=self.schedule.tau, rho=self.schedule.rho(self._last_step), replay_size=float(len(self.buffer)))
         return out
+
+    def _reduced(self, s: "_Stats") -> "_Stats":
+        """Rollout counts summed over the ranks, seconds averaged (the ranks generate side by side)."""
+        if self.env.world_size == 1:
+            return s
+        sums = all_reduce_sum(torch.tensor([s.rollouts, s.gen_tokens, s.gen_seconds, s.teacher_seconds,
+                                            s.student_seconds], dtype=torch.float64, device=self.env.device)).tolist()
+        seconds = [x / self.env.world_size for x in sums[2:]]
+        return _Stats(s.steps, s.generated, int(sums[0]), int(sums[1]), *seconds)
 
     def state_dict(self) -> dict:
         return {"tau": self.schedule.tau, "reference_loss": self.schedule.reference_loss, "buffer": list(self.buffer),

@@ -78,7 +78,7 @@ class DevEvaluation:
             answered = engine.answer(jobs, config, rank=env.rank, world_size=env.world_size, progress=args.eval_tqdm)
             return [compute_metrics(answers.texts, data.references) for answers in answered]
         finally:
-            if self.backend == "vllm":
+            if self.backend == "vllm" and self.colocated is not None:
                 self.colocated.release()
 
     def _engine(self, model, tokenizer, config):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from todi.generation.sampling import (
-    SamplingConfig, answer_lengths, left_pad, logits_processors, pinned_generation_config,
-)
+from todi.generation.sampling import SamplingConfig, answer_lengths, eval_mode, sample_new_tokens
 
 __all__ = ["rollout_seed", "sample_continuations"]
 
@@ -40,21 +38,9 @@ def sample_continuations(model, prompts: list[list[int]], example_ids: list[int]
     if not prompts:
         return []
     budgets = budgets or [config.max_new_tokens] * len(prompts)
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    gen_config = pinned_generation_config(config, max(budgets), stop_ids, pad_id)
-    was_training = model.training
-    model.eval()  # no dropout while sampling (and no draw from the global RNG: exact resume)
-    try:
-        out = model.generate(
-            input_ids=ids, attention_mask=mask, generation_config=gen_config, synced_gpus=synced_gpus,
-            logits_processor=logits_processors(config, seed, torch.tensor(example_ids, dtype=torch.int64, device=device),
-                                         ids.shape[1], vocab_size=vocab_size),
-        )
-    finally:
-        if was_training:
-            model.train()
-    new = out[:, ids.shape[1]:].cpu()
+    with eval_mode(model):
+        new = sample_new_tokens(model, prompts, example_ids, config, seed=seed, max_new_tokens=max(budgets),
+                                stop_ids=stop_ids, pad_id=pad_id, vocab_size=vocab_size, synced_gpus=synced_gpus).cpu()
     # up to and including the first stop token (answer_lengths: the tokens before it), within the budget
     ends = [min(n + 1, new.shape[1], budget) for n, budget in zip(answer_lengths(new, stop_ids), budgets)]
     return [row[:end].tolist() for row, end in zip(new, ends)]

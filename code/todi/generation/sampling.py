@@ -28,6 +28,7 @@ distributionally so in half precision (``scripts/bench/bench_generate.py`` count
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -35,7 +36,8 @@ from torch import Tensor
 
 __all__ = [
     "Answers", "SamplingConfig", "SamplingJob", "answer_lengths", "encode_prompts", "generate", "gumbel_noise",
-    "left_pad", "logits_processors", "pinned_generation_config", "sample_answers", "warpers",
+    "eval_mode", "left_pad", "logits_processors", "pinned_generation_config", "sample_answers", "sample_new_tokens",
+    "warpers",
 ]
 
 _MASK32 = 0xFFFFFFFF
@@ -222,6 +224,37 @@ def pinned_generation_config(config: SamplingConfig, max_new_tokens: int, stop_i
                             eos_token_id=stop_ids, pad_token_id=pad_id)
 
 
+@contextmanager
+def eval_mode(model):
+    """``model`` in eval mode for the block (no dropout, and no draw from the global RNG: exact resume)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        if was_training:
+            model.train()
+
+
+def sample_new_tokens(model, prompts: list[list[int]], example_ids: list[int], config: SamplingConfig, *, seed: int,
+                      max_new_tokens: int, stop_ids: list[int], pad_id: int, vocab_size: int,
+                      synced_gpus: bool = False) -> Tensor:
+    """One ``generate`` call of the seeded sampler: ``prompts`` (token ids, no padding) left-padded,
+    each row drawn with the noise of its example id. Returns the new tokens ``[B, ≤ max_new_tokens]``
+    on the model's device (rows that stopped early padded with ``pad_id``); the caller sets eval mode."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        generation_config=pinned_generation_config(config, max_new_tokens, stop_ids, pad_id),
+        logits_processor=logits_processors(config, seed, torch.tensor(example_ids, dtype=torch.int64, device=device),
+                                           ids.shape[1], vocab_size=vocab_size),
+        synced_gpus=synced_gpus,
+    )
+    return out[:, ids.shape[1]:]
+
+
 def generate(model, tokenizer, prompts: list[str], config: SamplingConfig = SamplingConfig(), **kwargs) -> list[str]:
     """The answers' texts of :func:`sample_answers` (same arguments), in the order of ``prompts``."""
     return sample_answers(model, tokenizer, prompts, config, **kwargs).texts
@@ -253,7 +286,6 @@ def sample_answers(
         raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
     if not prompts:
         return Answers([], [])
-    device = next(model.parameters()).device
     encoded = encode_prompts(tokenizer, prompts, config.max_prompt_length)
     # Longest first: similar lengths share a batch (little padding) and memory peaks early.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
@@ -264,35 +296,24 @@ def sample_answers(
         most = -(-len(order[0::world_size]) // batch_size)
         batches += [[]] * (most - len(batches))
 
-    gen_config = pinned_generation_config(config, config.max_new_tokens, stop_token_ids(tokenizer),
-                                          tokenizer.pad_token_id)
-    was_training = model.training
-    model.eval()
+    stop_ids = stop_token_ids(tokenizer)
     results: dict[int, tuple[str, int]] = {}
     iterator = batches
     if progress:
         from todi.util.log import progress_bar
 
         iterator = progress_bar(iterable=batches, desc="generating", unit="batch", disable=rank != 0)
-    for batch in iterator:
-        dummy = not batch
-        batch = batch or [order[0]]
-        ids, mask = left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-        example_ids = torch.tensor(batch, dtype=torch.int64, device=device)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            generation_config=gen_config,
-            logits_processor=logits_processors(config, seed, example_ids, ids.shape[1], vocab_size=len(tokenizer)),
-            synced_gpus=synced_gpus,
-        )
-        if dummy:
-            continue
-        new = out[:, ids.shape[1]:]
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        results.update(zip(batch, zip((t.strip() for t in texts), answer_lengths(new, gen_config.eos_token_id))))
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        for batch in iterator:
+            dummy = not batch
+            batch = batch or [order[0]]
+            new = sample_new_tokens(model, [encoded[i] for i in batch], batch, config, seed=seed,
+                                    max_new_tokens=config.max_new_tokens, stop_ids=stop_ids,
+                                    pad_id=tokenizer.pad_token_id, vocab_size=len(tokenizer), synced_gpus=synced_gpus)
+            if dummy:
+                continue
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            results.update(zip(batch, zip((t.strip() for t in texts), answer_lengths(new, stop_ids))))
 
     if world_size > 1:
         import torch.distributed as dist

@@ -119,12 +119,7 @@ class VLLMEngine:
                       seed: int, budgets: Sequence[int]) -> list[list[int]]:
         """This rank's rollouts in one ``generate`` call, each request with its own budget (the noise of a
         token depends on its position only, so a shorter budget cuts the same sample short)."""
-        from vllm import SamplingParams
-
-        params = [SamplingParams(temperature=0.0, max_tokens=budget, min_tokens=0, ignore_eos=True,
-                                 stop_token_ids=self.stop_ids, detokenize=False,
-                                 extra_args={EXTRA_ARGS_KEY: row_settings(config, seed, example, self.vocab_size)})
-                  for example, budget in zip(example_ids, budgets)]
+        params = [self._params(config, seed, example, budget) for example, budget in zip(example_ids, budgets)]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         return [self._through_stop(out.outputs[0]) for out in outputs]
 
@@ -141,8 +136,6 @@ class VLLMEngine:
                   world_size: int) -> Iterable[tuple]:
         """(job index, example id, prompt, SamplingParams) of this rank's share of each job (the HF
         sampler's ``rank::world_size`` of the prompts longest first)."""
-        from vllm import SamplingParams
-
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got {rank} and {world_size}")
         encoded: dict[int, list[list[int]]] = {}  # jobs of one set (several seeds) share a prompt list
@@ -152,12 +145,16 @@ class VLLMEngine:
             ids = encoded[id(job.prompts)]
             order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
             for i in order[rank::world_size]:
-                params = SamplingParams(
-                    temperature=0.0, max_tokens=config.max_new_tokens, min_tokens=0, ignore_eos=True,
-                    stop_token_ids=self.stop_ids, detokenize=False,
-                    extra_args={EXTRA_ARGS_KEY: row_settings(config, job.seed, i, self.vocab_size)},
-                )
-                yield j, i, {"prompt_token_ids": ids[i]}, params
+                yield j, i, {"prompt_token_ids": ids[i]}, self._params(config, job.seed, i, config.max_new_tokens)
+
+    def _params(self, config: SamplingConfig, seed: int, example_id: int, max_tokens: int):
+        """One request's ``SamplingParams``: greedy over the exact-sampling processor's scores for its
+        (seed, example id), ending at a stop token (EOS handled as one, not by vLLM) or ``max_tokens``."""
+        from vllm import SamplingParams
+
+        return SamplingParams(temperature=0.0, max_tokens=max_tokens, min_tokens=0, ignore_eos=True,
+                              stop_token_ids=self.stop_ids, detokenize=False,
+                              extra_args={EXTRA_ARGS_KEY: row_settings(config, seed, example_id, self.vocab_size)})
 
     def _decode(self, token_ids: Sequence[int]) -> tuple[str, int]:
         """(stripped text, tokens before the stop token), decoded as the HF sampler does."""

@@ -15,7 +15,6 @@ from todi.loss.criterion import cross_entropy_sum
 from todi.data.instructions import Split
 from todi.util.distributed import DistEnv, all_reduce_sum
 from todi.util.labels import IGNORE_INDEX
-from todi.generation.backends import check_backend
 
 __all__ = ["DevEvaluation", "sampling_config"]
 
@@ -23,14 +22,15 @@ __all__ = ["DevEvaluation", "sampling_config"]
 class DevEvaluation:
     """Evaluates a model on a dev split with the run's flags; ``zero_stage`` 3 keeps generation in
     lockstep across processes (the weights are gathered collectively). ``colocated``: the process's
-    vLLM engine when training shares one (:class:`todi.generation.colocated.ColocatedEngine`), else
-    one is started at the first dev evaluation that needs it."""
+    vLLM engine (:class:`todi.generation.colocated.ColocatedEngine`, started at its first use;
+    :func:`todi.training.setup.build_colocated` checks that vLLM is installed), needed by
+    ``--eval-gen --dev-gen-backend vllm``."""
 
     def __init__(self, args: argparse.Namespace, env: DistEnv, zero_stage: int, colocated=None):
         self.args, self.env, self.zero_stage = args, env, zero_stage
-        self.backend = getattr(args, "dev_gen_backend", "hf")
-        if args.eval_gen:
-            check_backend(self.backend, "--dev-gen-backend")  # a missing vLLM: one error line, before training
+        self.backend = args.dev_gen_backend
+        if args.eval_gen and self.backend == "vllm" and colocated is None:
+            raise ValueError("--dev-gen-backend vllm needs the process's colocated engine")
         self.colocated = colocated
 
     @torch.no_grad()
@@ -73,24 +73,20 @@ class DevEvaluation:
         args, env = self.args, self.env
         config = sampling_config(args, dev=True)
         jobs = [SamplingJob(data.prompts, args.seed + r) for r in range(args.eval_gen_repeat_times)]
-        engine = self._engine(model, tokenizer, config)
+        engine = self._engine(model, tokenizer)
         try:
             answered = engine.answer(jobs, config, rank=env.rank, world_size=env.world_size, progress=args.eval_tqdm)
             return [compute_metrics(answers.texts, data.references) for answers in answered]
         finally:
-            if self.backend == "vllm" and self.colocated is not None:
+            if self.backend == "vllm":
                 self.colocated.release()
 
-    def _engine(self, model, tokenizer, config):
+    def _engine(self, model, tokenizer):
         """The HF sampler on the training model, or the colocated vLLM engine holding its weights."""
         if self.backend == "hf":
             from todi.generation.engine import HFEngine
 
             return HFEngine(model, tokenizer, batch_size=self.args.eval_batch_size, synced_gpus=self.zero_stage == 3)
-        if self.colocated is None:
-            from todi.generation.colocated import ColocatedEngine
-
-            self.colocated = ColocatedEngine(tokenizer, config.max_length)
         return self.colocated.synced(model, self.zero_stage)
 
 

@@ -252,11 +252,11 @@ def build_criterion(args: argparse.Namespace, total_iters: int, vocab_size: int 
 def build_colocated(args: argparse.Namespace, tokenizer):
     """The process's vLLM engine beside training when dev generation or rollouts use vLLM (started at
     its first use; :mod:`todi.generation.colocated`), or None."""
-    dev = args.do_valid and args.eval_gen and args.dev_gen_backend == "vllm"
+    dev = args.eval_gen and args.dev_gen_backend == "vllm"
     rollouts = args.data_mode != "fixed" and args.rollout_backend == "vllm"
     if not (dev or rollouts):
         return None
-    check_backend("vllm", "--rollout-backend" if rollouts else "--dev-gen-backend")  # one error line, before training
+    check_backend("vllm", "--dev-gen-backend" if dev else "--rollout-backend")  # one error line, before training
     from todi.generation.colocated import ColocatedEngine
 
     return ColocatedEngine(tokenizer, args.max_length, memory_share=args.vllm_memory_share)

@@ -16,6 +16,7 @@ from todi.generation.colocated import COLOCATED_MEMORY_SHARE
 from todi.loss.adakd import DIFFICULTIES
 from todi.kernels import IMPLEMENTATIONS
 from todi.training.monitor import BACKENDS, missing_package, parse_backends
+from todi.training.onpolicy import DATA_MODES
 from todi.objectives import Param, all_objectives, canonical_name, get
 from todi.util.plugins import load_plugins
 
@@ -246,7 +247,7 @@ def _adakd_args(parser: argparse.ArgumentParser) -> None:
 def _onpolicy_args(parser: argparse.ArgumentParser) -> None:
     """On-policy KD (:mod:`todi.training.onpolicy`): what each step trains on, and how rollouts sample."""
     g = parser.add_argument_group("on-policy data (KD on the student's own samples)")
-    g.add_argument("--data-mode", choices=("fixed", "gkd", "distillm"), default="fixed",
+    g.add_argument("--data-mode", choices=DATA_MODES, default="fixed",
                    help="fixed: the dataset's responses; gkd: the student's own responses with probability "
                         "--student-gen-ratio (GKD); distillm: DistiLLM's adaptive schedule with a replay buffer")
     g.add_argument("--student-gen-ratio", type=float, default=0.5,
